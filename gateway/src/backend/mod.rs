@@ -1,0 +1,166 @@
+//! The backend side: clusters, their brokers, and the connections that reach them.
+//!
+//! [`Backends`] is the set of clusters behind the gateway; a [`BrokerRef`] names one
+//! broker of one of them. A client session holds its own connections
+//! ([`SessionConns`]), one per backend broker it talks to, so a slow request of one
+//! client never delays another's and Kafka's per-connection ordering (which
+//! idempotent producers rely on) carries through the gateway unchanged.
+
+pub mod cluster;
+pub mod conn;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use cluster::Cluster;
+pub use conn::{BrokerConn, Reply};
+
+use crate::codec::CodecError;
+use crate::config::Config;
+
+/// What went wrong talking to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection to {addr} lost")]
+    Disconnected { addr: String },
+    #[error("{addr} did not answer in time")]
+    Timeout { addr: String },
+    #[error("broker {0} is not known")]
+    UnknownBroker(i32),
+    #[error("no broker reachable")]
+    NoBroker,
+    #[error("no coordinator for '{key}' (error code {code})")]
+    Coordinator { key: String, code: i16 },
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+/// One broker of one backend cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BrokerRef {
+    pub cluster: usize,
+    pub node: i32,
+}
+
+/// Every backend cluster.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+impl Backends {
+    pub fn from_config(config: &Config) -> Self {
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let connector = Arc::new(transport::TcpConnector {
+                    timeout: Duration::from_millis(c.connect_timeout_ms),
+                });
+                Arc::new(Cluster::new(name.clone(), c.clone(), connector))
+            })
+            .collect();
+        Self { clusters }
+    }
+
+    /// The cluster every request goes to until routing rules exist.
+    pub fn primary(&self) -> (usize, &Arc<Cluster>) {
+        // Config validation guarantees one cluster.
+        (0, &self.clusters[0])
+    }
+
+    pub fn cluster(&self, index: usize) -> Option<&Arc<Cluster>> {
+        self.clusters.get(index)
+    }
+
+    /// Keeps trying to bootstrap each cluster until it answers.
+    pub fn spawn_bootstrap(&self) {
+        for cluster in &self.clusters {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match cluster.bootstrap().await {
+                        Ok(()) => {
+                            tracing::info!(cluster = %cluster.name, brokers = ?cluster.broker_ids(), "backend cluster ready");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %cluster.name, error = %e, retry_in = ?delay, "backend cluster not reachable");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    pub fn all_ready(&self) -> bool {
+        self.clusters.iter().all(|c| c.is_ready())
+    }
+}
+
+/// The backend connections of one client session.
+pub struct SessionConns {
+    backends: Backends,
+    conns: HashMap<BrokerRef, BrokerConn>,
+}
+
+impl SessionConns {
+    pub fn new(backends: Backends) -> Self {
+        Self {
+            backends,
+            conns: HashMap::new(),
+        }
+    }
+
+    async fn get(&mut self, broker: BrokerRef) -> Result<&BrokerConn, BackendError> {
+        let usable = self.conns.get(&broker).is_some_and(BrokerConn::is_alive);
+        if !usable {
+            let cluster = self
+                .backends
+                .cluster(broker.cluster)
+                .ok_or(BackendError::Internal("cluster index out of range"))?;
+            let conn = cluster.checkout(broker.node).await?;
+            self.conns.insert(broker, conn);
+        }
+        self.conns
+            .get(&broker)
+            .ok_or(BackendError::Internal("connection vanished"))
+    }
+
+    /// Queues `frame` to `broker`; the returned reply resolves to its response.
+    pub async fn send(&mut self, broker: BrokerRef, frame: Bytes) -> Result<Reply, BackendError> {
+        self.get(broker).await?.send(frame)
+    }
+
+    /// Queues a request that gets no response.
+    pub async fn send_oneway(&mut self, broker: BrokerRef, frame: Bytes) -> Result<(), BackendError> {
+        self.get(broker).await?.send_oneway(frame)
+    }
+}
+
+impl Drop for SessionConns {
+    fn drop(&mut self) {
+        for (broker, conn) in self.conns.drain() {
+            if let Some(cluster) = self.backends.cluster(broker.cluster) {
+                cluster.checkin(broker.node, conn);
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Typed configuration, read from TOML and validated once at start-up.
+//!
+//! Unknown keys are errors (a typo must never be silently ignored), and
+//! [`Config::validate`] names the field and the fix for every problem it finds, so
+//! `causeway check` can print them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Backend clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// The Kafka listener clients connect to, and the broker Causeway presents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on, `HOST:PORT`.
+    pub listen: String,
+    /// Address clients are told to connect to; defaults to `listen`.
+    #[serde(default)]
+    pub advertised: Option<String>,
+    /// The node id Causeway presents as its broker.
+    #[serde(default)]
+    pub node_id: i32,
+    /// Cluster id shown to clients; defaults to the backend's.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// Largest request frame accepted from a client, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Requests one client connection may have in flight before Causeway stops reading.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// The admin HTTP endpoint: metrics and health.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address for `/metrics`, `/healthz` and `/readyz`; off when absent.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// One backend Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Bootstrap brokers, `HOST:PORT` each.
+    pub bootstrap: Vec<String>,
+    /// Longest time Causeway trusts its copy of the backend's metadata, in ms.
+    #[serde(default = "default_metadata_max_age")]
+    pub metadata_max_age_ms: u64,
+    /// Time allowed for a TCP connection to a backend broker, in ms.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Largest response frame accepted from a backend broker, in bytes.
+    #[serde(default = "default_backend_max_frame")]
+    pub max_frame_bytes: usize,
+}
+
+fn default_max_frame() -> usize {
+    100 * 1024 * 1024
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_metadata_max_age() -> u64 {
+    30_000
+}
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+fn default_backend_max_frame() -> usize {
+    256 * 1024 * 1024
+}
+
+/// One thing wrong with a configuration: where, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+impl Config {
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// A config for one backend, as given on the command line.
+    pub fn single(listen: String, backend: Vec<String>, admin: Option<String>) -> Self {
+        let mut clusters = BTreeMap::new();
+        clusters.insert(
+            "main".to_string(),
+            ClusterConfig {
+                bootstrap: backend,
+                metadata_max_age_ms: default_metadata_max_age(),
+                connect_timeout_ms: default_connect_timeout(),
+                max_frame_bytes: default_backend_max_frame(),
+            },
+        );
+        Config {
+            gateway: GatewayConfig {
+                listen,
+                advertised: None,
+                node_id: 0,
+                cluster_id: None,
+                max_frame_bytes: default_max_frame(),
+                max_in_flight: default_max_in_flight(),
+            },
+            admin: AdminConfig { listen: admin },
+            clusters,
+        }
+    }
+
+    /// Every problem in the config, each naming its field and the fix.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            out.push(Problem {
+                field: field.to_string(),
+                message,
+            })
+        };
+
+        let listen = self.gateway.listen.parse::<SocketAddr>();
+        if listen.is_err() {
+            problem(
+                "gateway.listen",
+                format!(
+                    "'{}' is not an IP socket address; use IP:PORT such as 127.0.0.1:9092",
+                    self.gateway.listen
+                ),
+            );
+        }
+        match &self.gateway.advertised {
+            Some(adv) => {
+                if let Err(why) = check_host_port(adv) {
+                    problem(
+                        "gateway.advertised",
+                        format!("'{adv}' {why}; use HOST:PORT such as gateway.example.com:9092"),
+                    );
+                }
+            }
+            None => {
+                if let Ok(addr) = listen {
+                    if addr.ip().is_unspecified() {
+                        problem(
+                            "gateway.advertised",
+                            format!(
+                                "required when gateway.listen binds every interface ({addr}); set the HOST:PORT clients should dial"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if self.gateway.node_id < 0 {
+            problem(
+                "gateway.node_id",
+                format!("{} is negative; use 0 or a positive id", self.gateway.node_id),
+            );
+        }
+        if let Some(id) = &self.gateway.cluster_id {
+            if id.is_empty() {
+                problem(
+                    "gateway.cluster_id",
+                    "is empty; remove it to show the backend's id, or set a name".to_string(),
+                );
+            }
+        }
+        if self.gateway.max_frame_bytes < 1024 || self.gateway.max_frame_bytes > i32::MAX as usize {
+            problem(
+                "gateway.max_frame_bytes",
+                format!(
+                    "{} is outside 1024..={}; the default is {}",
+                    self.gateway.max_frame_bytes,
+                    i32::MAX,
+                    default_max_frame()
+                ),
+            );
+        }
+        if self.gateway.max_in_flight == 0 || self.gateway.max_in_flight > 65_536 {
+            problem(
+                "gateway.max_in_flight",
+                format!(
+                    "{} is outside 1..=65536; the default is {}",
+                    self.gateway.max_in_flight,
+                    default_max_in_flight()
+                ),
+            );
+        }
+        if let Some(admin) = &self.admin.listen {
+            match admin.parse::<SocketAddr>() {
+                Err(_) => problem(
+                    "admin.listen",
+                    format!("'{admin}' is not an IP socket address; use IP:PORT such as 127.0.0.1:9644"),
+                ),
+                Ok(a) => {
+                    if listen.as_ref().is_ok_and(|l| *l == a && a.port() != 0) {
+                        problem(
+                            "admin.listen",
+                            format!("{a} is also gateway.listen; give the admin endpoint its own port"),
+                        );
+                    }
+                }
+            }
+        }
+
+        if self.clusters.is_empty() {
+            problem(
+                "clusters",
+                "no backend cluster; add [clusters.NAME] with bootstrap = [\"HOST:PORT\"]".to_string(),
+            );
+        }
+        if self.clusters.len() > 1 {
+            problem(
+                "clusters",
+                format!(
+                    "{} clusters given ({}); this version fronts exactly one backend cluster",
+                    self.clusters.len(),
+                    self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        for (name, cluster) in &self.clusters {
+            let base = format!("clusters.{name}");
+            if !valid_name(name) {
+                problem(
+                    &base,
+                    format!("'{name}' is not a valid cluster name; use letters, digits, '-' and '_'"),
+                );
+            }
+            if cluster.bootstrap.is_empty() {
+                problem(
+                    &format!("{base}.bootstrap"),
+                    "is empty; list at least one broker as \"HOST:PORT\"".to_string(),
+                );
+            }
+            for (i, b) in cluster.bootstrap.iter().enumerate() {
+                if let Err(why) = check_host_port(b) {
+                    problem(
+                        &format!("{base}.bootstrap[{i}]"),
+                        format!("'{b}' {why}; use HOST:PORT such as 127.0.0.1:19092"),
+                    );
+                }
+            }
+            if cluster.metadata_max_age_ms < 100 {
+                problem(
+                    &format!("{base}.metadata_max_age_ms"),
+                    format!(
+                        "{} is below 100 ms; the default is {}",
+                        cluster.metadata_max_age_ms,
+                        default_metadata_max_age()
+                    ),
+                );
+            }
+            if cluster.connect_timeout_ms == 0 {
+                problem(
+                    &format!("{base}.connect_timeout_ms"),
+                    format!("must be above 0; the default is {}", default_connect_timeout()),
+                );
+            }
+            if cluster.max_frame_bytes < 1024 || cluster.max_frame_bytes > i32::MAX as usize {
+                problem(
+                    &format!("{base}.max_frame_bytes"),
+                    format!(
+                        "{} is outside 1024..={}; the default is {}",
+                        cluster.max_frame_bytes,
+                        i32::MAX,
+                        default_backend_max_frame()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// The address clients are told to use, as host and port.
+    pub fn advertised(&self) -> (String, i32) {
+        let text = self
+            .gateway
+            .advertised
+            .clone()
+            .unwrap_or_else(|| self.gateway.listen.clone());
+        split_host_port(&text).unwrap_or((text, 0))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Splits `HOST:PORT` (IPv6 hosts in brackets) into its parts.
+pub fn split_host_port(text: &str) -> Option<(String, i32)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), i32::from(port)))
+}
+
+fn check_host_port(text: &str) -> Result<(), &'static str> {
+    let Some((host, port)) = split_host_port(text) else {
+        return Err("is not HOST:PORT");
+    };
+    if port == 0 {
+        return Err("has port 0");
+    }
+    if host.chars().any(char::is_whitespace) {
+        return Err("has white space in its host");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("config dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example configs in {}", dir.display());
+    }
+
+    #[test]
+    fn every_invalid_config_names_its_field() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/invalid");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("invalid dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            seen += 1;
+            let text = std::fs::read_to_string(&path).expect("read");
+            // Each file says, in its first line, the text the error must contain.
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} lacks '# expect: '", path.display()));
+            let err = Config::parse(&text, "x").expect_err("must be rejected");
+            assert!(
+                err.to_string().contains(expect),
+                "{}: error {err} lacks {expect:?}",
+                path.display()
+            );
+        }
+        assert!(seen >= 5, "only {seen} invalid configs");
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(split_host_port("a:1"), Some(("a".into(), 1)));
+        assert_eq!(split_host_port("[::1]:9092"), Some(("::1".into(), 9092)));
+        assert_eq!(split_host_port("nope"), None);
+        assert_eq!(split_host_port(":9"), None);
+        assert_eq!(split_host_port("a:70000"), None);
+    }
+}

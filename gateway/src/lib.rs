@@ -1,0 +1,71 @@
+//! Causeway: a Kafka-protocol gateway.
+//!
+//! Clients connect to Causeway as if it were a Kafka broker. Causeway answers as one
+//! broker of its own, routes each request to the backend broker that owns the data,
+//! and rewrites every address in the answers so clients never see a backend.
+//!
+//! Rooms, in data-path order: [`codec`] (frames and headers, no I/O) ->
+//! [`proxy`] (listener, sessions, routing, rewriting) -> [`backend`] (clusters,
+//! metadata, pooled broker connections, transports). Beside them: [`config`],
+//! [`admin`] (HTTP metrics and health) and [`telemetry`] (metric names).
+
+pub mod admin;
+pub mod backend;
+pub mod codec;
+pub mod config;
+pub mod proxy;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+/// A running gateway: where it listens, for tests and the binary.
+pub struct Running {
+    pub kafka_addr: std::net::SocketAddr,
+    pub admin_addr: Option<std::net::SocketAddr>,
+}
+
+/// Binds the listeners, starts the backend bootstrap and serves until the process ends.
+pub async fn start(config: config::Config) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
+    let metrics = telemetry::install()?;
+    let backends = backend::Backends::from_config(&config);
+    backends.spawn_bootstrap();
+
+    let listener = TcpListener::bind(&config.gateway.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.gateway.listen))?;
+    let kafka_addr = listener.local_addr()?;
+    let mut gateway = proxy::Gateway::new(&config, backends.clone());
+    gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
+
+    let admin_addr = match &config.admin.listen {
+        Some(addr) => {
+            let admin_listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for admin: {e}"))?;
+            let bound = admin_listener.local_addr()?;
+            let admin = Arc::new(admin::Admin {
+                metrics: metrics.clone(),
+                backends: backends.clone(),
+            });
+            tokio::spawn(admin::serve(admin, admin_listener));
+            Some(bound)
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            metrics.run_upkeep();
+        }
+    });
+    tracing::info!(listen = %kafka_addr, advertised = %format!("{}:{}", gateway.host, gateway.port), admin = ?admin_addr, "causeway serving");
+    let gateway = Arc::new(gateway);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = proxy::serve(gateway, listener).await {
+            tracing::error!(error = %e, "listener failed");
+        }
+    });
+    Ok((Running { kafka_addr, admin_addr }, handle))
+}

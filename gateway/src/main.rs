@@ -1,0 +1,138 @@
+//! The `causeway` command: run the gateway, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use causeway::config::{Config, ConfigError};
+
+#[derive(Parser)]
+#[command(name = "causeway", version, about = "A Kafka-protocol gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway, from a config file or from flags for one backend cluster.
+    Run {
+        /// TOML config file; the flags below are for a config-free start.
+        #[arg(long, conflicts_with_all = ["listen", "backend"])]
+        config: Option<PathBuf>,
+        /// Address clients connect to, IP:PORT.
+        #[arg(long, requires = "backend")]
+        listen: Option<String>,
+        /// A bootstrap broker of the backend cluster, HOST:PORT (repeatable).
+        #[arg(long)]
+        backend: Vec<String>,
+        /// Address clients are told to connect to (defaults to --listen).
+        #[arg(long)]
+        advertised: Option<String>,
+        /// Address of the admin HTTP endpoint (metrics, health).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Validate a config file: print every problem with its field path; exit 1 if any.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            config,
+            listen,
+            backend,
+            advertised,
+            admin,
+        } => {
+            init_tracing();
+            let config = match config {
+                Some(path) => Config::load(&path),
+                None => {
+                    let Some(listen) = listen else {
+                        eprintln!("causeway run: give --config FILE, or --listen IP:PORT with --backend HOST:PORT");
+                        return ExitCode::from(2);
+                    };
+                    let mut c = Config::single(listen, backend, admin.clone());
+                    c.gateway.advertised = advertised.clone();
+                    let problems = c.validate();
+                    if problems.is_empty() {
+                        Ok(c)
+                    } else {
+                        Err(ConfigError::Invalid {
+                            path: "command line".into(),
+                            problems,
+                        })
+                    }
+                }
+            };
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                let (_running, serving) = match causeway::start(config).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("causeway: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tokio::select! {
+                    _ = serving => ExitCode::FAILURE,
+                    _ = shutdown_signal() => {
+                        tracing::info!("shutting down");
+                        ExitCode::SUCCESS
+                    }
+                }
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAUSEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}

@@ -1,0 +1,86 @@
+//! The client side: the listener, one session per client connection, and the
+//! handlers that route each request and rewrite its response.
+//!
+//! Data path: [`listener`] accepts -> [`session`] reads frames and keeps responses in
+//! request order -> [`handlers`] picks the backend broker(s) per API -> the backend
+//! connections of the session -> [`rewrite`] and [`partitioned`] turn backend answers
+//! into answers from Causeway's own broker.
+
+pub mod handlers;
+pub mod partitioned;
+pub mod rewrite;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::backend::{BackendError, Backends};
+use crate::codec::CodecError;
+use crate::config::Config;
+
+/// The broker Causeway presents to clients, and what sits behind it.
+#[derive(Debug)]
+pub struct Gateway {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub cluster_id: Option<String>,
+    pub max_frame: usize,
+    pub max_in_flight: usize,
+    pub backends: Backends,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, backends: Backends) -> Self {
+        let (host, port) = config.advertised();
+        Self {
+            node_id: config.gateway.node_id,
+            host,
+            port,
+            cluster_id: config.gateway.cluster_id.clone(),
+            max_frame: config.gateway.max_frame_bytes,
+            max_in_flight: config.gateway.max_in_flight,
+            backends,
+        }
+    }
+
+    /// With `listen` port 0, the advertised port is the one actually bound.
+    pub fn set_bound_port(&mut self, bound: SocketAddr, advertised_given: bool) {
+        if !advertised_given && self.port == 0 {
+            self.port = i32::from(bound.port());
+        }
+    }
+}
+
+/// Why a client connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{api} v{version} is not offered by Causeway")]
+    Unsupported { api: &'static str, version: i16 },
+}
+
+/// Accepts client connections until the listener fails.
+pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            session::run(gateway, stream, peer).await;
+        });
+    }
+}

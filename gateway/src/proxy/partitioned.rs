@@ -1,0 +1,709 @@
+//! Partition-routed requests: Produce, Fetch, ListOffsets, OffsetForLeaderEpoch and
+//! DeleteRecords.
+//!
+//! Causeway leads every partition as far as clients know, so one client request may
+//! name partitions whose backend leaders differ. The request is split by leader, each
+//! part goes to its broker over the session's connection to it, and the answers are
+//! merged. When every partition has the same leader the client's original frame is
+//! forwarded untouched, and when the answer needs no rewriting it goes back
+//! untouched too: record batches are never copied or decompressed on that path.
+//!
+//! A part whose backend connection fails is answered, for its partitions only, with
+//! NOT_LEADER_OR_FOLLOWER: the client refreshes metadata and retries, as it would
+//! after losing a broker, while the other partitions' answers are kept.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
+};
+use kafka_protocol::messages::{delete_records_response, fetch_response, list_offsets_response};
+use kafka_protocol::messages::{offset_for_leader_epoch_response, produce_response};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use uuid::Uuid;
+
+use super::handlers::{await_reply, code};
+use super::session::Answer;
+use super::{Gateway, ProxyError};
+use crate::backend::{BrokerRef, Cluster, SessionConns};
+use crate::codec::{encode_response, Request};
+
+/// How a request names a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TopicKey {
+    Name(String),
+    Id(Uuid),
+}
+
+/// (topic index, partition index) positions within a request.
+pub type Positions = Vec<(usize, usize)>;
+
+/// What the split-and-merge machinery needs from one partition-routed API.
+pub trait Split: Decodable + Encodable + Sized + Send + 'static {
+    type Resp: Decodable + Encodable + Default + Send;
+    const WHAT: &'static str;
+    const RESP_WHAT: &'static str;
+
+    /// The topics in request order, each with its partition ids in order.
+    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)>;
+    /// A copy holding only `keep`.
+    fn subset(&self, keep: &Positions) -> Self;
+    /// Adds `part`'s topics and partitions to `acc`.
+    fn merge(acc: &mut Self::Resp, part: Self::Resp);
+    /// An answer for `keep` in which every partition carries `code`.
+    fn failed(&self, keep: &Positions, code: i16) -> Self::Resp;
+    /// Whether the answer reports leaders that moved.
+    fn leaders_moved(resp: &Self::Resp) -> bool;
+    /// Replaces leader hints with Causeway's node; whether anything changed.
+    fn rewrite(_resp: &mut Self::Resp, _gw: &Gateway) -> bool {
+        false
+    }
+    /// Whether the client's frame must be re-encoded even when it is not split.
+    fn prepare(&mut self, _version: i16) -> bool {
+        false
+    }
+    /// Whether the backend will answer.
+    fn expects_response(&self) -> bool {
+        true
+    }
+}
+
+/// Routes a partition-routed request.
+pub async fn dispatch(
+    gw: &Arc<Gateway>,
+    conns: &mut SessionConns,
+    ci: usize,
+    cluster: Arc<Cluster>,
+    req: Request,
+) -> Result<Option<super::session::Answer>, ProxyError> {
+    match req.api_key {
+        ApiKey::Produce => route::<ProduceRequest>(gw, conns, ci, cluster, req).await,
+        ApiKey::Fetch => route::<FetchRequest>(gw, conns, ci, cluster, req).await,
+        ApiKey::ListOffsets => route::<ListOffsetsRequest>(gw, conns, ci, cluster, req).await,
+        ApiKey::OffsetForLeaderEpoch => {
+            route::<OffsetForLeaderEpochRequest>(gw, conns, ci, cluster, req).await
+        }
+        _ => route::<DeleteRecordsRequest>(gw, conns, ci, cluster, req).await,
+    }
+}
+
+/// Groups the request's partitions by backend leader.
+async fn plan(cluster: &Arc<Cluster>, keys: &[(TopicKey, Vec<i32>)]) -> BTreeMap<i32, Positions> {
+    let resolve = |cluster: &Cluster| -> (BTreeMap<i32, Positions>, Vec<String>, bool) {
+        let mut by_leader: BTreeMap<i32, Positions> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        let mut unknown_id = false;
+        let any = cluster.any_broker();
+        for (ti, (topic, partitions)) in keys.iter().enumerate() {
+            let name = match topic {
+                TopicKey::Name(n) => Some(n.clone()),
+                TopicKey::Id(id) => cluster.topic_name(id),
+            };
+            for (pi, &p) in partitions.iter().enumerate() {
+                let leader = name.as_deref().and_then(|n| cluster.leader(n, p));
+                if leader.is_none() {
+                    match &name {
+                        Some(n) if !unknown.contains(n) => unknown.push(n.clone()),
+                        Some(_) => {}
+                        None => unknown_id = true,
+                    }
+                }
+                by_leader.entry(leader.unwrap_or(any)).or_default().push((ti, pi));
+            }
+        }
+        (by_leader, unknown, unknown_id)
+    };
+    let (by_leader, unknown, unknown_id) = resolve(cluster);
+    if unknown.is_empty() && !unknown_id {
+        if cluster.needs_refresh() {
+            refresh_in_background(cluster.clone());
+        }
+        return by_leader;
+    }
+    // Partitions Causeway has not seen: learn them now, then route. Whatever is still
+    // unknown goes to any broker, which answers with the proper error.
+    let topics = if unknown_id { None } else { Some(unknown) };
+    if let Err(e) = cluster.refresh(topics).await {
+        tracing::debug!(cluster = %cluster.name, error = %e, "metadata refresh failed");
+    }
+    resolve(cluster).0
+}
+
+fn refresh_in_background(cluster: Arc<Cluster>) {
+    if !cluster.begin_background_refresh() {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Err(e) = cluster.refresh(None).await {
+            tracing::debug!(cluster = %cluster.name, error = %e, "background metadata refresh failed");
+        }
+        cluster.end_background_refresh();
+    });
+}
+
+async fn route<T: Split>(
+    gw: &Arc<Gateway>,
+    conns: &mut SessionConns,
+    ci: usize,
+    cluster: Arc<Cluster>,
+    req: Request,
+) -> Result<Option<Answer>, ProxyError> {
+    let mut body: T = req.decode(T::WHAT)?;
+    let changed = body.prepare(req.version());
+    let keys = body.keys();
+    let by_leader = plan(&cluster, &keys).await;
+    let expects = body.expects_response();
+
+    let mut parts = Vec::with_capacity(by_leader.len());
+    let single = by_leader.len() <= 1;
+    if by_leader.is_empty() {
+        // No partitions at all: any broker answers the empty request.
+        let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
+        let frame = if changed { req.reencode(&body, T::WHAT)? } else { req.frame.clone() };
+        if !expects {
+            conns.send_oneway(broker, frame).await?;
+            return Ok(None);
+        }
+        parts.push((Positions::new(), conns.send(broker, frame).await?));
+    }
+    for (node, keep) in by_leader {
+        let broker = BrokerRef { cluster: ci, node };
+        let frame = if single && !changed {
+            req.frame.clone()
+        } else {
+            req.reencode(&body.subset(&keep), T::WHAT)?
+        };
+        if expects {
+            parts.push((keep, conns.send(broker, frame).await?));
+        } else {
+            conns.send_oneway(broker, frame).await?;
+        }
+    }
+    if !expects {
+        return Ok(None);
+    }
+
+    let gw = gw.clone();
+    Ok(Some(Box::pin(async move {
+        let (version, header) = (req.version(), req.response_header_version());
+        let only_one = parts.len() == 1;
+        let mut acc = T::Resp::default();
+        for (keep, reply) in parts {
+            match await_reply(reply).await {
+                Ok(resp) => {
+                    let mut part: T::Resp = resp.decode(header, version, T::RESP_WHAT)?;
+                    if T::leaders_moved(&part) {
+                        cluster.mark_stale();
+                    }
+                    let rewritten = T::rewrite(&mut part, &gw);
+                    if only_one && !rewritten {
+                        return Ok(resp.after_correlation_id());
+                    }
+                    T::merge(&mut acc, part);
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, error = %e, partitions = keep.len(), "backend failed; answering its partitions with NOT_LEADER_OR_FOLLOWER");
+                    cluster.mark_stale();
+                    T::merge(&mut acc, body.failed(&keep, code::NOT_LEADER_OR_FOLLOWER));
+                }
+            }
+        }
+        Ok(encode_response(&acc, version, header, T::RESP_WHAT)?)
+    })))
+}
+
+/// Builds a copy of `topics` holding only the positions in `keep`, in their order.
+fn pick<T: Clone, P: Clone>(
+    topics: &[T],
+    keep: &Positions,
+    parts: impl Fn(&T) -> &Vec<P>,
+    with: impl Fn(&T, Vec<P>) -> T,
+) -> Vec<T> {
+    let mut out: Vec<(usize, T)> = Vec::new();
+    let mut chosen: BTreeMap<usize, Vec<P>> = BTreeMap::new();
+    for &(ti, pi) in keep {
+        if let Some(p) = topics.get(ti).and_then(|t| parts(t).get(pi)) {
+            chosen.entry(ti).or_default().push(p.clone());
+        }
+    }
+    for (ti, ps) in chosen {
+        if let Some(t) = topics.get(ti) {
+            out.push((ti, with(t, ps)));
+        }
+    }
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Appends `part`'s topics to `acc`, joining entries for the same topic.
+fn join<T, P>(
+    acc: &mut Vec<T>,
+    part: Vec<T>,
+    same: impl Fn(&T, &T) -> bool,
+    parts: impl Fn(&mut T) -> &mut Vec<P>,
+) {
+    for mut t in part {
+        if let Some(existing) = acc.iter_mut().find(|e| same(e, &t)) {
+            let moved = std::mem::take(parts(&mut t));
+            parts(existing).extend(moved);
+        } else {
+            acc.push(t);
+        }
+    }
+}
+
+/// The partition ids at `keep` per topic index.
+fn chosen_partitions(keys: &[(TopicKey, Vec<i32>)], keep: &Positions) -> BTreeMap<usize, Vec<i32>> {
+    let mut out: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+    for &(ti, pi) in keep {
+        if let Some(&p) = keys.get(ti).and_then(|(_, ps)| ps.get(pi)) {
+            out.entry(ti).or_default().push(p);
+        }
+    }
+    out
+}
+
+fn name_key(name: &StrBytes) -> TopicKey {
+    TopicKey::Name(name.to_string())
+}
+
+fn gateway_endpoint(gw: &Gateway) -> produce_response::NodeEndpoint {
+    produce_response::NodeEndpoint::default()
+        .with_node_id(BrokerId(gw.node_id))
+        .with_host(StrBytes::from_string(gw.host.clone()))
+        .with_port(gw.port)
+}
+
+impl Split for ProduceRequest {
+    type Resp = ProduceResponse;
+    const WHAT: &'static str = "Produce request";
+    const RESP_WHAT: &'static str = "Produce response";
+
+    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
+        self.topic_data
+            .iter()
+            .map(|t| {
+                let key = if t.topic_id.is_nil() { name_key(&t.name.0) } else { TopicKey::Id(t.topic_id) };
+                (key, t.partition_data.iter().map(|p| p.index).collect())
+            })
+            .collect()
+    }
+
+    fn subset(&self, keep: &Positions) -> Self {
+        let mut out = self.clone();
+        out.topic_data = pick(&self.topic_data, keep, |t| &t.partition_data, |t, ps| {
+            let mut t = t.clone();
+            t.partition_data = ps;
+            t
+        });
+        out
+    }
+
+    fn merge(acc: &mut ProduceResponse, part: ProduceResponse) {
+        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+        join(&mut acc.responses, part.responses, |a, b| a.name == b.name && a.topic_id == b.topic_id, |t| &mut t.partition_responses);
+        for e in part.node_endpoints {
+            if !acc.node_endpoints.iter().any(|x| x.node_id == e.node_id) {
+                acc.node_endpoints.push(e);
+            }
+        }
+    }
+
+    fn failed(&self, keep: &Positions, code: i16) -> ProduceResponse {
+        let chosen = chosen_partitions(&self.keys(), keep);
+        let mut out = ProduceResponse::default();
+        for (ti, ps) in chosen {
+            let Some(t) = self.topic_data.get(ti) else { continue };
+            out.responses.push(
+                produce_response::TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partition_responses(
+                        ps.into_iter()
+                            .map(|p| {
+                                produce_response::PartitionProduceResponse::default()
+                                    .with_index(p)
+                                    .with_error_code(code)
+                                    .with_base_offset(-1)
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+        out
+    }
+
+    fn leaders_moved(resp: &ProduceResponse) -> bool {
+        resp.responses
+            .iter()
+            .any(|t| t.partition_responses.iter().any(|p| code::leader_moved(p.error_code)))
+    }
+
+    fn rewrite(resp: &mut ProduceResponse, gw: &Gateway) -> bool {
+        let mut changed = false;
+        for t in &mut resp.responses {
+            for p in &mut t.partition_responses {
+                if p.current_leader.leader_id.0 >= 0 {
+                    p.current_leader.leader_id = BrokerId(gw.node_id);
+                    changed = true;
+                }
+            }
+        }
+        if !resp.node_endpoints.is_empty() {
+            resp.node_endpoints = vec![gateway_endpoint(gw)];
+            changed = true;
+        }
+        changed
+    }
+
+    fn expects_response(&self) -> bool {
+        self.acks != 0
+    }
+}
+
+impl Split for FetchRequest {
+    type Resp = FetchResponse;
+    const WHAT: &'static str = "Fetch request";
+    const RESP_WHAT: &'static str = "Fetch response";
+
+    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
+        self.topics
+            .iter()
+            .map(|t| {
+                let key = if t.topic_id.is_nil() { name_key(&t.topic.0) } else { TopicKey::Id(t.topic_id) };
+                (key, t.partitions.iter().map(|p| p.partition).collect())
+            })
+            .collect()
+    }
+
+    fn subset(&self, keep: &Positions) -> Self {
+        let mut out = self.clone();
+        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
+            let mut t = t.clone();
+            t.partitions = ps;
+            t
+        });
+        out
+    }
+
+    /// Fetch sessions cannot span the backend brokers a split fetch goes to, so
+    /// Causeway declines them (KIP-227): every backend fetch is sessionless and the
+    /// client is told session 0, which makes it send full fetches.
+    fn prepare(&mut self, version: i16) -> bool {
+        if version < 7 {
+            return false;
+        }
+        self.session_id = 0;
+        self.session_epoch = -1;
+        self.forgotten_topics_data.clear();
+        true
+    }
+
+    fn merge(acc: &mut FetchResponse, part: FetchResponse) {
+        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+        if acc.error_code == 0 {
+            acc.error_code = part.error_code;
+        }
+        acc.session_id = 0;
+        join(&mut acc.responses, part.responses, |a, b| a.topic == b.topic && a.topic_id == b.topic_id, |t| &mut t.partitions);
+        for e in part.node_endpoints {
+            if !acc.node_endpoints.iter().any(|x| x.node_id == e.node_id) {
+                acc.node_endpoints.push(e);
+            }
+        }
+    }
+
+    fn failed(&self, keep: &Positions, code: i16) -> FetchResponse {
+        let chosen = chosen_partitions(&self.keys(), keep);
+        let mut out = FetchResponse::default();
+        for (ti, ps) in chosen {
+            let Some(t) = self.topics.get(ti) else { continue };
+            out.responses.push(
+                fetch_response::FetchableTopicResponse::default()
+                    .with_topic(t.topic.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                fetch_response::PartitionData::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(code)
+                                    .with_high_watermark(-1)
+                                    .with_records(Some(bytes::Bytes::new()))
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+        out
+    }
+
+    fn leaders_moved(resp: &FetchResponse) -> bool {
+        resp.responses
+            .iter()
+            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
+    }
+
+    fn rewrite(resp: &mut FetchResponse, gw: &Gateway) -> bool {
+        let mut changed = resp.session_id != 0;
+        resp.session_id = 0;
+        for t in &mut resp.responses {
+            for p in &mut t.partitions {
+                if p.current_leader.leader_id.0 >= 0 {
+                    p.current_leader.leader_id = BrokerId(gw.node_id);
+                    changed = true;
+                }
+                // Causeway serves every read itself; no follower fetching past it.
+                if p.preferred_read_replica.0 >= 0 {
+                    p.preferred_read_replica = BrokerId(-1);
+                    changed = true;
+                }
+            }
+        }
+        if !resp.node_endpoints.is_empty() {
+            let e = gateway_endpoint(gw);
+            resp.node_endpoints = vec![fetch_response::NodeEndpoint::default()
+                .with_node_id(e.node_id)
+                .with_host(e.host)
+                .with_port(e.port)];
+            changed = true;
+        }
+        changed
+    }
+}
+
+impl Split for ListOffsetsRequest {
+    type Resp = ListOffsetsResponse;
+    const WHAT: &'static str = "ListOffsets request";
+    const RESP_WHAT: &'static str = "ListOffsets response";
+
+    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
+        self.topics
+            .iter()
+            .map(|t| (name_key(&t.name.0), t.partitions.iter().map(|p| p.partition_index).collect()))
+            .collect()
+    }
+
+    fn subset(&self, keep: &Positions) -> Self {
+        let mut out = self.clone();
+        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
+            let mut t = t.clone();
+            t.partitions = ps;
+            t
+        });
+        out
+    }
+
+    fn merge(acc: &mut ListOffsetsResponse, part: ListOffsetsResponse) {
+        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+        join(&mut acc.topics, part.topics, |a, b| a.name == b.name, |t| &mut t.partitions);
+    }
+
+    fn failed(&self, keep: &Positions, code: i16) -> ListOffsetsResponse {
+        let chosen = chosen_partitions(&self.keys(), keep);
+        let mut out = ListOffsetsResponse::default();
+        for (ti, ps) in chosen {
+            let Some(t) = self.topics.get(ti) else { continue };
+            out.topics.push(
+                list_offsets_response::ListOffsetsTopicResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                list_offsets_response::ListOffsetsPartitionResponse::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+        out
+    }
+
+    fn leaders_moved(resp: &ListOffsetsResponse) -> bool {
+        resp.topics
+            .iter()
+            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
+    }
+}
+
+impl Split for OffsetForLeaderEpochRequest {
+    type Resp = OffsetForLeaderEpochResponse;
+    const WHAT: &'static str = "OffsetForLeaderEpoch request";
+    const RESP_WHAT: &'static str = "OffsetForLeaderEpoch response";
+
+    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
+        self.topics
+            .iter()
+            .map(|t| (name_key(&t.topic.0), t.partitions.iter().map(|p| p.partition).collect()))
+            .collect()
+    }
+
+    fn subset(&self, keep: &Positions) -> Self {
+        let mut out = self.clone();
+        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
+            let mut t = t.clone();
+            t.partitions = ps;
+            t
+        });
+        out
+    }
+
+    fn merge(acc: &mut OffsetForLeaderEpochResponse, part: OffsetForLeaderEpochResponse) {
+        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+        join(&mut acc.topics, part.topics, |a, b| a.topic == b.topic, |t| &mut t.partitions);
+    }
+
+    fn failed(&self, keep: &Positions, code: i16) -> OffsetForLeaderEpochResponse {
+        let chosen = chosen_partitions(&self.keys(), keep);
+        let mut out = OffsetForLeaderEpochResponse::default();
+        for (ti, ps) in chosen {
+            let Some(t) = self.topics.get(ti) else { continue };
+            out.topics.push(
+                offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                    .with_topic(t.topic.clone())
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                offset_for_leader_epoch_response::EpochEndOffset::default()
+                                    .with_partition(p)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+        out
+    }
+
+    fn leaders_moved(resp: &OffsetForLeaderEpochResponse) -> bool {
+        resp.topics
+            .iter()
+            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
+    }
+}
+
+impl Split for DeleteRecordsRequest {
+    type Resp = DeleteRecordsResponse;
+    const WHAT: &'static str = "DeleteRecords request";
+    const RESP_WHAT: &'static str = "DeleteRecords response";
+
+    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
+        self.topics
+            .iter()
+            .map(|t| (name_key(&t.name.0), t.partitions.iter().map(|p| p.partition_index).collect()))
+            .collect()
+    }
+
+    fn subset(&self, keep: &Positions) -> Self {
+        let mut out = self.clone();
+        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
+            let mut t = t.clone();
+            t.partitions = ps;
+            t
+        });
+        out
+    }
+
+    fn merge(acc: &mut DeleteRecordsResponse, part: DeleteRecordsResponse) {
+        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+        join(&mut acc.topics, part.topics, |a, b| a.name == b.name, |t| &mut t.partitions);
+    }
+
+    fn failed(&self, keep: &Positions, code: i16) -> DeleteRecordsResponse {
+        let chosen = chosen_partitions(&self.keys(), keep);
+        let mut out = DeleteRecordsResponse::default();
+        for (ti, ps) in chosen {
+            let Some(t) = self.topics.get(ti) else { continue };
+            out.topics.push(
+                delete_records_response::DeleteRecordsTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                delete_records_response::DeleteRecordsPartitionResult::default()
+                                    .with_partition_index(p)
+                                    .with_low_watermark(-1)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    ),
+            );
+        }
+        out
+    }
+
+    fn leaders_moved(resp: &DeleteRecordsResponse) -> bool {
+        resp.topics
+            .iter()
+            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::TopicName;
+
+    fn produce(topics: &[(&str, &[i32])]) -> ProduceRequest {
+        ProduceRequest::default().with_acks(-1).with_topic_data(
+            topics
+                .iter()
+                .map(|(name, ps)| {
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string((*name).to_string())))
+                        .with_partition_data(
+                            ps.iter()
+                                .map(|&p| {
+                                    PartitionProduceData::default()
+                                        .with_index(p)
+                                        .with_records(Some(bytes::Bytes::from(vec![p as u8; 3])))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn subset_keeps_only_chosen_partitions_with_their_records() {
+        let req = produce(&[("a", &[0, 1, 2]), ("b", &[0])]);
+        let sub = req.subset(&vec![(0, 2), (1, 0)]);
+        assert_eq!(sub.topic_data.len(), 2);
+        assert_eq!(sub.topic_data[0].name.0.as_str(), "a");
+        assert_eq!(sub.topic_data[0].partition_data.len(), 1);
+        assert_eq!(sub.topic_data[0].partition_data[0].index, 2);
+        assert_eq!(sub.topic_data[0].partition_data[0].records.as_deref(), Some(&[2u8, 2, 2][..]));
+        assert_eq!(sub.topic_data[1].partition_data[0].index, 0);
+        assert_eq!(sub.acks, -1);
+    }
+
+    #[test]
+    fn merge_joins_partitions_of_the_same_topic() {
+        let req = produce(&[("a", &[0, 1])]);
+        let mut acc = ProduceResponse::default();
+        ProduceRequest::merge(&mut acc, req.failed(&vec![(0, 0)], 6));
+        ProduceRequest::merge(&mut acc, req.failed(&vec![(0, 1)], 7));
+        assert_eq!(acc.responses.len(), 1);
+        let codes: Vec<_> = acc.responses[0]
+            .partition_responses
+            .iter()
+            .map(|p| (p.index, p.error_code))
+            .collect();
+        assert_eq!(codes, vec![(0, 6), (1, 7)]);
+    }
+
+    #[test]
+    fn fetch_sessions_are_declined() {
+        let mut req = FetchRequest::default().with_session_id(9).with_session_epoch(3);
+        assert!(req.prepare(12));
+        assert_eq!((req.session_id, req.session_epoch), (0, -1));
+        let mut old = FetchRequest::default();
+        assert!(!old.prepare(6));
+    }
+}

