@@ -140,7 +140,13 @@ class Tansu:
 class Gateway:
     """A Causeway process in front of the given backend brokers."""
 
-    def __init__(self, backends: list[str] | None = None, config: str | None = None, extra_env=None):
+    def __init__(
+        self,
+        backends: list[str] | None = None,
+        config: str | None = None,
+        extra_env=None,
+        advertised: str | None = None,
+    ):
         self.port = free_port()
         self.admin_port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
@@ -158,6 +164,8 @@ class Gateway:
             args = [str(causeway_bin()), "run", "--listen", self.addr, "--admin", self.admin]
             for b in backends or []:
                 args += ["--backend", b]
+            if advertised:
+                args += ["--advertised", advertised]
         env = {"CAUSEWAY_LOG": os.environ.get("CAUSEWAY_LOG", "info")}
         env.update(extra_env or {})
         self.process = Process("causeway", args, env=env)

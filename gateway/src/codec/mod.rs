@@ -100,13 +100,26 @@ impl Request {
         let api_key = ApiKey::try_from(key).map_err(|()| CodecError::UnknownApiKey(key))?;
         let header_version = api_key.request_header_version(version);
         let mut cursor = frame.clone();
-        let header = RequestHeader::decode(&mut cursor, header_version).map_err(|source| {
-            CodecError::Malformed {
-                what: "request header",
-                source,
+        let (header, body_offset) = match RequestHeader::decode(&mut cursor, header_version) {
+            Ok(header) => (header, frame.len() - cursor.remaining()),
+            // An ApiVersions request of a version newer than any known may have a
+            // header laid out differently; its first eight bytes are enough to answer
+            // UNSUPPORTED_VERSION, which is how clients learn what to use.
+            Err(_) if api_key == ApiKey::ApiVersions => {
+                let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                let header = RequestHeader::default()
+                    .with_request_api_key(key)
+                    .with_request_api_version(version)
+                    .with_correlation_id(correlation_id);
+                (header, frame.len())
             }
-        })?;
-        let body_offset = frame.len() - cursor.remaining();
+            Err(source) => {
+                return Err(CodecError::Malformed {
+                    what: "request header",
+                    source,
+                })
+            }
+        };
         Ok(Self {
             api_key,
             header,
