@@ -49,4 +49,4 @@ if [ ! -d "$tools/node/node_modules/kafkajs" ]; then
   (cd "$tools/node" && npm install --silent --no-audit --no-fund >/dev/null)
 fi
 
-log "ready: tansu $("$tools/bin/tansu" --version 2>/dev/null | head -1 || echo '?'), kcat $(kcat -V 2>/dev/null | head -1 | awk '{print $2}')"
+log "ready: $("$tools/bin/tansu" --version 2>/dev/null | head -1), kcat $(kcat -V 2>/dev/null | sed -n 's/^Version \([^ ]*\).*/\1/p')"

@@ -6,6 +6,7 @@
 //! response with `correlation_id: i32`. Causeway keeps frames as bytes and decodes a
 //! body only where routing or rewriting needs it.
 
+pub mod batches;
 pub mod versions;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use kafka_protocol::messages::{
     ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, ProducerId,
     OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
 };
 use kafka_protocol::messages::{delete_records_response, fetch_response, list_offsets_response};
@@ -29,7 +29,7 @@ use super::handlers::{await_reply, code};
 use super::session::Answer;
 use super::{Gateway, ProxyError};
 use crate::backend::{BrokerRef, Cluster, SessionConns};
-use crate::codec::{encode_response, Request};
+use crate::codec::{batches, encode_response, Request};
 
 /// How a request names a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,8 +57,9 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn failed(&self, keep: &Positions, code: i16) -> Self::Resp;
     /// Whether the answer reports leaders that moved.
     fn leaders_moved(resp: &Self::Resp) -> bool;
-    /// Replaces leader hints with Causeway's node; whether anything changed.
-    fn rewrite(_resp: &mut Self::Resp, _gw: &Gateway) -> bool {
+    /// Replaces leader hints with Causeway's node and completes what the backend
+    /// left out; whether anything changed.
+    fn rewrite(&self, _resp: &mut Self::Resp, _gw: &Gateway) -> bool {
         false
     }
     /// Whether the client's frame must be re-encoded even when it is not split.
@@ -198,7 +199,7 @@ async fn route<T: Split>(
                     if T::leaders_moved(&part) {
                         cluster.mark_stale();
                     }
-                    let rewritten = T::rewrite(&mut part, &gw);
+                    let rewritten = body.rewrite(&mut part, &gw);
                     if only_one && !rewritten {
                         return Ok(resp.after_correlation_id());
                     }
@@ -341,7 +342,7 @@ impl Split for ProduceRequest {
             .any(|t| t.partition_responses.iter().any(|p| code::leader_moved(p.error_code)))
     }
 
-    fn rewrite(resp: &mut ProduceResponse, gw: &Gateway) -> bool {
+    fn rewrite(&self, resp: &mut ProduceResponse, gw: &Gateway) -> bool {
         let mut changed = false;
         for t in &mut resp.responses {
             for p in &mut t.partition_responses {
@@ -446,11 +447,33 @@ impl Split for FetchRequest {
             .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
     }
 
-    fn rewrite(resp: &mut FetchResponse, gw: &Gateway) -> bool {
+    fn rewrite(&self, resp: &mut FetchResponse, gw: &Gateway) -> bool {
         let mut changed = resp.session_id != 0;
         resp.session_id = 0;
+        let read_committed = self.isolation_level == 1;
         for t in &mut resp.responses {
             for p in &mut t.partitions {
+                // A backend that does not list aborted transactions would hand a
+                // read_committed consumer aborted records; list the ones whose abort
+                // marker is in this response, as a Kafka broker would.
+                if read_committed && p.aborted_transactions.as_ref().is_none_or(Vec::is_empty) {
+                    if let Some(records) = &p.records {
+                        let aborted = batches::aborted_transactions(records);
+                        if !aborted.is_empty() {
+                            p.aborted_transactions = Some(
+                                aborted
+                                    .into_iter()
+                                    .map(|(pid, first)| {
+                                        fetch_response::AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(pid))
+                                            .with_first_offset(first)
+                                    })
+                                    .collect(),
+                            );
+                            changed = true;
+                        }
+                    }
+                }
                 if p.current_leader.leader_id.0 >= 0 {
                     p.current_leader.leader_id = BrokerId(gw.node_id);
                     changed = true;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs every test: Rust unit and property tests, then
+# the end-to-end suite (real tansu brokers, real clients, the real binary).
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh -k groups    # extra arguments go to pytest
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+"$root/scripts/setup.sh"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+echo "[test] building (release) into $CARGO_TARGET_DIR" >&2
+cargo build --release --locked
+echo "[test] unit and property tests" >&2
+cargo test --release --locked --workspace
+export CAUSEWAY_BIN="$CARGO_TARGET_DIR/release/causeway"
+echo "[test] end-to-end tests" >&2
+cd "$root/tests"
+exec "$root/.tools/venv/bin/python" -m pytest -q "$@"

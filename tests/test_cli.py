@@ -1,0 +1,51 @@
+"""The command line: `causeway check` on every shipped config, and the demo script."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rig import ROOT, causeway_bin
+
+CONFIGS = sorted((ROOT / "config").glob("*.toml"))
+INVALID = sorted((ROOT / "config" / "invalid").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_pass_check(path):
+    r = subprocess.run([str(causeway_bin()), "check", "--config", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{path}: ok"
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_configs_fail_check_naming_the_field(path: Path):
+    expect = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    r = subprocess.run([str(causeway_bin()), "check", "--config", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert expect in r.stderr, r.stderr
+
+
+def test_run_without_backend_is_a_usage_error():
+    r = subprocess.run([str(causeway_bin()), "run", "--listen", "127.0.0.1:0"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "--backend" in r.stderr
+
+
+def test_run_with_a_bad_flag_value_names_it():
+    r = subprocess.run(
+        [str(causeway_bin()), "run", "--listen", "127.0.0.1:0", "--backend", "nohostport"],
+        capture_output=True, text=True, timeout=10,
+    )
+    assert r.returncode == 1
+    assert "clusters.main.bootstrap[0]: 'nohostport' is not HOST:PORT" in r.stderr
+
+
+def test_demo_runs_end_to_end():
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--once"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for who in ("alice", "bob", "carol"):
+        line = f"{who} => hello from {who}"
+        assert r.stdout.count(line) == 2, f"{line!r} read through the gateway and directly"
+    assert "broker 0 at 127.0.0.1:9092 (controller)" in r.stdout
+    assert "demo done" in r.stdout
