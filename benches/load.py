@@ -1,0 +1,226 @@
+"""Load harness: produce and consume throughput, produce latency and proxy CPU,
+measured in one run against three targets: the tansu broker directly, Causeway in
+front of it, and `tansu proxy` in front of it (a peer Rust Kafka proxy).
+
+The client is librdkafka (confluent-kafka). Every target gets the same workload on
+its own topics, in interleaved rounds so drift in the machine affects all alike;
+the table reports the median round.
+
+    python benches/load.py --out benches/results/latest.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from rig import Gateway, Process, Tansu, free_port, tansu_bin, wait_for_port  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class TansuProxy:
+    def __init__(self, origin: str):
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        url = f"tcp://{self.addr}"
+        self.process = Process(
+            "tansu-proxy",
+            [str(tansu_bin()), "proxy", "--listener-url", url, "--advertised-listener-url", url,
+             "--origin-url", f"tcp://{origin}"],
+            env={"RUST_LOG": "warn"},
+        )
+        wait_for_port(self.port)
+
+    def close(self):
+        self.process.close()
+
+
+def create_topic(addr: str, name: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": addr})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
+
+
+def produce_throughput(addr, topic, count, size, partitions):
+    payload = os.urandom(size)
+    p = Producer({
+        "bootstrap.servers": addr,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "acks": "all",
+        "compression.type": "none",
+    })
+    failed = []
+    t0 = time.perf_counter()
+    for i in range(count):
+        while True:
+            try:
+                p.produce(topic, payload, partition=i % partitions,
+                          on_delivery=lambda e, m: failed.append(e) if e else None)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 1000 == 0:
+            p.poll(0)
+    left = p.flush(120)
+    elapsed = time.perf_counter() - t0
+    assert left == 0 and not failed, f"{left} undelivered, {len(failed)} failed"
+    return count * size / elapsed / 1e6, elapsed
+
+
+def consume_throughput(addr, topic, count, size, partitions):
+    c = Consumer({
+        "bootstrap.servers": addr,
+        "group.id": f"bench-{topic}",
+        "enable.auto.commit": False,
+        "fetch.max.bytes": 52_428_800,
+        "max.partition.fetch.bytes": 10_485_760,
+        "queued.max.messages.kbytes": 1_048_576,
+    })
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = 0
+    t0 = time.perf_counter()
+    deadline = t0 + 120
+    while got < count and time.perf_counter() < deadline:
+        for m in c.consume(10_000, 0.5):
+            if not m.error():
+                got += 1
+    elapsed = time.perf_counter() - t0
+    c.close()
+    assert got >= count, f"consumed {got} of {count}"
+    return count * size / elapsed / 1e6, elapsed
+
+
+def produce_latency(addr, topic, rate, seconds, size):
+    """Produces at a fixed rate with linger 0; returns per-record delivery latencies (ms)."""
+    payload = os.urandom(size)
+    p = Producer({"bootstrap.servers": addr, "linger.ms": 0, "acks": "all"})
+    lat = []
+
+    def cb(err, msg, start):
+        if err is None:
+            lat.append((time.perf_counter() - start) * 1000)
+
+    # Warm up connections and metadata.
+    p.produce(topic, payload)
+    p.flush(10)
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        target = start + i * interval
+        while (now := time.perf_counter()) < target:
+            p.poll(0)
+            if target - now > 0.0005:
+                time.sleep(0.0002)
+        t = time.perf_counter()
+        p.produce(topic, payload, on_delivery=lambda e, m, t=t: cb(e, m, t))
+        p.poll(0)
+    p.flush(30)
+    return lat
+
+
+def pct(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=60_000, help="records per throughput run")
+    ap.add_argument("--size", type=int, default=1024, help="bytes per record")
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=1000, help="records/s for the latency run")
+    ap.add_argument("--seconds", type=float, default=5.0, help="duration of the latency run")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    broker = Tansu()
+    gateway = Gateway([broker.addr], extra_env={"CAUSEWAY_LOG": "warn"})
+    gateway.wait_ready()
+    proxy = TansuProxy(broker.addr)
+    targets = {
+        "direct": (broker.addr, None),
+        "causeway": (gateway.addr, gateway.process.pid()),
+        "tansu proxy": (proxy.addr, proxy.process.pid()),
+    }
+    results = {name: [] for name in targets}
+    try:
+        for rnd in range(args.rounds):
+            for name, (addr, pid) in targets.items():
+                topic = f"bench-{name.replace(' ', '-')}-{rnd}"
+                create_topic(broker.addr, topic, args.partitions)
+                c0 = cpu_seconds(pid) if pid else 0.0
+                pmb, pel = produce_throughput(addr, topic, args.count, args.size, args.partitions)
+                cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions)
+                cpu = (cpu_seconds(pid) - c0) if pid else 0.0
+                ltopic = topic + "-lat"
+                create_topic(broker.addr, ltopic, 1)
+                lat = produce_latency(addr, ltopic, args.rate, args.seconds, args.size)
+                moved_mb = 2 * args.count * args.size / 1e6
+                results[name].append({
+                    "produce_mbs": pmb,
+                    "consume_mbs": cmb,
+                    "p50": pct(lat, 50),
+                    "p99": pct(lat, 99),
+                    "millicores_per_mbs": (cpu / (pel + cel)) * 1000 / (moved_mb / (pel + cel)) if pid else None,
+                })
+                print(f"round {rnd} {name:12s} produce {pmb:7.1f} MB/s  consume {cmb:7.1f} MB/s  "
+                      f"p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms", flush=True)
+    finally:
+        proxy.close()
+        gateway.close()
+        broker.close()
+
+    def med(name, key):
+        vals = [r[key] for r in results[name] if r[key] is not None]
+        return statistics.median(vals) if vals else None
+
+    direct_p, direct_c = med("direct", "produce_mbs"), med("direct", "consume_mbs")
+    direct_p99 = med("direct", "p99")
+    lines = [
+        f"Workload: {args.count} records of {args.size} B over {args.partitions} partitions, "
+        f"acks=all, no compression; latency at {args.rate} records/s for {args.seconds:g} s, linger 0. "
+        f"Median of {args.rounds} interleaved rounds. Client: librdkafka (confluent-kafka). "
+        f"Machine: {os.cpu_count()} cores, broker, proxy and client on the same host.",
+        "",
+        "| target | produce MB/s | consume MB/s | produce vs direct | consume vs direct | p50 ms | p99 ms | p99 added ms | proxy CPU millicores per MB/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in targets:
+        p, c = med(name, "produce_mbs"), med(name, "consume_mbs")
+        mc = med(name, "millicores_per_mbs")
+        lines.append(
+            f"| {name} | {p:.1f} | {c:.1f} | {100 * p / direct_p:.0f}% | {100 * c / direct_c:.0f}% | "
+            f"{med(name, 'p50'):.2f} | {med(name, 'p99'):.2f} | {med(name, 'p99') - direct_p99:+.2f} | "
+            f"{'-' if mc is None else f'{mc:.1f}'} |"
+        )
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
