@@ -462,7 +462,8 @@ impl Cluster {
                 }
             }
         };
-        let reply = conn.send(frame)?;
+        let reply = conn.send(frame).await?;
+        conn.flush().await?;
         let timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1000) * 6);
         match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(r)) => r,

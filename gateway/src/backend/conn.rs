@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::oneshot;
 
 use super::transport::Connector;
 use super::BackendError;
@@ -22,22 +22,32 @@ use crate::telemetry;
 /// A waiting request's answer.
 pub type Reply = oneshot::Receiver<Result<Response, BackendError>>;
 
-struct Outbound {
-    frame: Bytes,
-    reply: Option<oneshot::Sender<Result<Response, BackendError>>>,
-}
+type Pending = Arc<std::sync::Mutex<VecDeque<(i32, oneshot::Sender<Result<Response, BackendError>>)>>>;
+type Writer = BufWriter<tokio::io::WriteHalf<Box<dyn super::transport::Stream>>>;
 
 struct Shared {
     addr: String,
     alive: AtomicBool,
     in_flight: AtomicUsize,
-    dead: Notify,
+}
+
+struct WriteSide {
+    wr: Writer,
+    next_id: i32,
+    /// Dropped with the last handle: tells the reader task to stop, which closes
+    /// the socket (a split stream closes only when both halves are gone).
+    _closed: oneshot::Sender<()>,
 }
 
 /// A handle to a broker connection; cheap to clone, all clones share the socket.
+///
+/// Writes happen on the caller's task (no hop through a writer task); a reader task
+/// matches responses to requests. Callers that send several requests in a row call
+/// [`BrokerConn::flush`] once after them.
 #[derive(Clone)]
 pub struct BrokerConn {
-    tx: mpsc::UnboundedSender<Outbound>,
+    write: Arc<tokio::sync::Mutex<WriteSide>>,
+    pending: Pending,
     shared: Arc<Shared>,
 }
 
@@ -51,7 +61,7 @@ impl std::fmt::Debug for BrokerConn {
 }
 
 impl BrokerConn {
-    /// Connects to `addr` and starts the reader and writer tasks.
+    /// Connects to `addr` and starts the reader task.
     pub async fn connect(
         connector: &dyn Connector,
         addr: &str,
@@ -66,35 +76,57 @@ impl BrokerConn {
                 source,
             })?;
         let (rd, wr) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             alive: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
-            dead: Notify::new(),
         });
-        let pending = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let pending: Pending = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let (closed, closed_rx) = oneshot::channel();
         telemetry::backend_connection_opened(cluster);
-        let cluster = cluster.to_string();
-        tokio::spawn(write_loop(wr, rx, pending.clone(), shared.clone()));
-        tokio::spawn(read_loop(rd, pending, shared.clone(), max_frame, cluster));
-        Ok(Self { tx, shared })
+        tokio::spawn(read_loop(
+            rd,
+            closed_rx,
+            pending.clone(),
+            shared.clone(),
+            max_frame,
+            cluster.to_string(),
+        ));
+        Ok(Self {
+            write: Arc::new(tokio::sync::Mutex::new(WriteSide {
+                wr: BufWriter::with_capacity(64 * 1024, wr),
+                next_id: 1,
+                _closed: closed,
+            })),
+            pending,
+            shared,
+        })
     }
 
-    /// Queues `frame` (a request whose correlation id will be replaced) and returns
-    /// where its response will arrive. Never waits: order of calls is wire order.
-    pub fn send(&self, frame: Bytes) -> Result<Reply, BackendError> {
+    /// Writes `frame` (a request whose correlation id is replaced) into the send
+    /// buffer and returns where its response will arrive. Order of calls is wire
+    /// order. The bytes leave at the next [`BrokerConn::flush`] or when the buffer fills.
+    pub async fn send(&self, frame: Bytes) -> Result<Reply, BackendError> {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(frame, Some(reply))?;
+        self.write_frame(frame, Some(reply)).await?;
         Ok(rx)
     }
 
-    /// Queues a request that gets no response (produce with acks=0).
-    pub fn send_oneway(&self, frame: Bytes) -> Result<(), BackendError> {
-        self.enqueue(frame, None)
+    /// Writes a request that gets no response (produce with acks=0).
+    pub async fn send_oneway(&self, frame: Bytes) -> Result<(), BackendError> {
+        self.write_frame(frame, None).await
     }
 
-    fn enqueue(
+    /// Sends everything written so far.
+    pub async fn flush(&self) -> Result<(), BackendError> {
+        let mut w = self.write.lock().await;
+        if let Err(e) = w.wr.flush().await {
+            return Err(self.failed(&e));
+        }
+        Ok(())
+    }
+
+    async fn write_frame(
         &self,
         frame: Bytes,
         reply: Option<oneshot::Sender<Result<Response, BackendError>>>,
@@ -105,12 +137,32 @@ impl BrokerConn {
         if !self.is_alive() {
             return Err(self.disconnected());
         }
-        if reply.is_some() {
+        let mut w = self.write.lock().await;
+        let id = w.next_id;
+        w.next_id = w.next_id.checked_add(1).unwrap_or(1);
+        if let Some(reply) = reply {
+            // Registered before the bytes leave, so the reader always finds it.
+            match self.pending.lock() {
+                Ok(mut p) => p.push_back((id, reply)),
+                Err(_) => return Err(BackendError::Internal("pending queue poisoned")),
+            }
             self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        self.tx
-            .send(Outbound { frame, reply })
-            .map_err(|_| self.disconnected())
+        let prefix = codec::request_prefix(&frame, id);
+        let written = async {
+            w.wr.write_all(&prefix).await?;
+            w.wr.write_all(&frame[codec::MIN_REQUEST_HEADER..]).await
+        };
+        if let Err(e) = written.await {
+            return Err(self.failed(&e));
+        }
+        Ok(())
+    }
+
+    fn failed(&self, e: &std::io::Error) -> BackendError {
+        tracing::debug!(addr = %self.shared.addr, error = %e, "backend write failed");
+        self.shared.alive.store(false, Ordering::Release);
+        self.disconnected()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -133,56 +185,9 @@ impl BrokerConn {
     }
 }
 
-type Pending = Arc<std::sync::Mutex<VecDeque<(i32, oneshot::Sender<Result<Response, BackendError>>)>>>;
-
-async fn write_loop(
-    wr: tokio::io::WriteHalf<Box<dyn super::transport::Stream>>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    pending: Pending,
-    shared: Arc<Shared>,
-) {
-    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    let mut next_id: i32 = 1;
-    'outer: loop {
-        let first = tokio::select! {
-            out = rx.recv() => out,
-            () = shared.dead.notified() => None,
-        };
-        let Some(mut out) = first else { break };
-        loop {
-            let id = next_id;
-            next_id = next_id.checked_add(1).unwrap_or(1);
-            if let Some(reply) = out.reply.take() {
-                match pending.lock() {
-                    Ok(mut p) => p.push_back((id, reply)),
-                    Err(_) => break 'outer,
-                }
-            }
-            let prefix = codec::request_prefix(&out.frame, id);
-            let write = async {
-                wr.write_all(&prefix).await?;
-                wr.write_all(&out.frame[codec::MIN_REQUEST_HEADER..]).await
-            };
-            if let Err(e) = write.await {
-                tracing::debug!(addr = %shared.addr, error = %e, "backend write failed");
-                break 'outer;
-            }
-            match rx.try_recv() {
-                Ok(next) => out = next,
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = wr.flush().await {
-            tracing::debug!(addr = %shared.addr, error = %e, "backend flush failed");
-            break;
-        }
-    }
-    shared.alive.store(false, Ordering::Release);
-    let _ = wr.shutdown().await;
-}
-
 async fn read_loop(
     mut rd: tokio::io::ReadHalf<Box<dyn super::transport::Stream>>,
+    mut closed: oneshot::Receiver<()>,
     pending: Pending,
     shared: Arc<Shared>,
     max_frame: usize,
@@ -219,14 +224,16 @@ async fn read_loop(
         } else if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => break "closed by broker".to_string(),
-            Ok(_) => {}
-            Err(e) => break format!("read failed: {e}"),
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => break "closed by broker".to_string(),
+                Ok(_) => {}
+                Err(e) => break format!("read failed: {e}"),
+            },
+            _ = &mut closed => break "no longer used".to_string(),
         }
     };
     shared.alive.store(false, Ordering::Release);
-    shared.dead.notify_one();
     telemetry::backend_connection_closed(&cluster);
     let waiting: Vec<_> = match pending.lock() {
         Ok(mut p) => p.drain(..).collect(),

@@ -119,6 +119,8 @@ impl Backends {
 pub struct SessionConns {
     backends: Backends,
     conns: HashMap<BrokerRef, BrokerConn>,
+    /// Connections written to since the last flush.
+    dirty: Vec<BrokerRef>,
 }
 
 impl SessionConns {
@@ -126,6 +128,7 @@ impl SessionConns {
         Self {
             backends,
             conns: HashMap::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -144,14 +147,37 @@ impl SessionConns {
             .ok_or(BackendError::Internal("connection vanished"))
     }
 
-    /// Queues `frame` to `broker`; the returned reply resolves to its response.
+    /// Writes `frame` to `broker`; the returned reply resolves to its response.
+    /// The bytes leave at the next [`SessionConns::flush`].
     pub async fn send(&mut self, broker: BrokerRef, frame: Bytes) -> Result<Reply, BackendError> {
-        self.get(broker).await?.send(frame)
+        let conn = self.get(broker).await?.clone();
+        let reply = conn.send(frame).await?;
+        self.mark_dirty(broker);
+        Ok(reply)
     }
 
-    /// Queues a request that gets no response.
+    /// Writes a request that gets no response.
     pub async fn send_oneway(&mut self, broker: BrokerRef, frame: Bytes) -> Result<(), BackendError> {
-        self.get(broker).await?.send_oneway(frame)
+        let conn = self.get(broker).await?.clone();
+        conn.send_oneway(frame).await?;
+        self.mark_dirty(broker);
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, broker: BrokerRef) {
+        if !self.dirty.contains(&broker) {
+            self.dirty.push(broker);
+        }
+    }
+
+    /// Sends what was written to every connection since the last flush. A failed
+    /// connection fails its waiting requests through its reader; nothing to do here.
+    pub async fn flush(&mut self) {
+        for broker in std::mem::take(&mut self.dirty) {
+            if let Some(conn) = self.conns.get(&broker) {
+                let _ = conn.flush().await;
+            }
+        }
     }
 }
 

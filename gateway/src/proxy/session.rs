@@ -90,6 +90,14 @@ async fn read_requests(
                         started,
                         answer,
                     };
+                    let pending = match tx.try_send(pending) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                        Err(mpsc::error::TrySendError::Full(p)) => p,
+                    };
+                    // max_in_flight reached: send what is buffered, then wait for
+                    // the writer to make room.
+                    conns.flush().await;
                     if tx.send(pending).await.is_err() {
                         // The writer stopped: the client is gone.
                         return Ok(());
@@ -98,6 +106,8 @@ async fn read_requests(
                 None => telemetry::request(api, started.elapsed()),
             }
         }
+        // Every whole frame is handled: send the batch to the backends.
+        conns.flush().await;
         if let Some(need) = codec::pending_frame_len(&buf, gateway.max_frame) {
             buf.reserve(need.saturating_sub(buf.len()).min(8 * 1024 * 1024));
         } else if buf.capacity() - buf.len() < 4096 {
