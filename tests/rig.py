@@ -94,8 +94,8 @@ class Process:
 class Tansu:
     """One tansu process: a single-broker Kafka cluster with in-memory storage."""
 
-    def __init__(self, cluster_id: str = "backend"):
-        self.port = free_port()
+    def __init__(self, cluster_id: str = "backend", port: int | None = None):
+        self.port = port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         url = f"tcp://{self.addr}"
         self.process = Process(

@@ -69,6 +69,9 @@ pub struct ClusterConfig {
     /// Largest response frame accepted from a backend broker, in bytes.
     #[serde(default = "default_backend_max_frame")]
     pub max_frame_bytes: usize,
+    /// How often Causeway checks the cluster answers, in ms.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
 }
 
 fn default_max_frame() -> usize {
@@ -82,6 +85,9 @@ fn default_metadata_max_age() -> u64 {
 }
 fn default_connect_timeout() -> u64 {
     5_000
+}
+fn default_health_interval() -> u64 {
+    2_000
 }
 fn default_backend_max_frame() -> usize {
     256 * 1024 * 1024
@@ -153,6 +159,7 @@ impl Config {
                 metadata_max_age_ms: default_metadata_max_age(),
                 connect_timeout_ms: default_connect_timeout(),
                 max_frame_bytes: default_backend_max_frame(),
+                health_interval_ms: default_health_interval(),
             },
         );
         Config {
@@ -308,6 +315,16 @@ impl Config {
                         "{} is below 100 ms; the default is {}",
                         cluster.metadata_max_age_ms,
                         default_metadata_max_age()
+                    ),
+                );
+            }
+            if cluster.health_interval_ms < 100 {
+                problem(
+                    &format!("{base}.health_interval_ms"),
+                    format!(
+                        "{} is below 100 ms; the default is {}",
+                        cluster.health_interval_ms,
+                        default_health_interval()
                     ),
                 );
             }

@@ -105,9 +105,56 @@ impl Cluster {
         }
     }
 
-    /// Whether the cluster answered its first ApiVersions and Metadata.
+    /// Whether the cluster answered its bootstrap and its latest health probe.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Asks any broker for the broker list (a Metadata request naming no topics)
+    /// within `timeout`; records the outcome as the cluster's readiness.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), BackendError> {
+        let outcome = match tokio::time::timeout(timeout, self.probe_once()).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout {
+                addr: self.broker_addr(self.any_broker()).unwrap_or_default(),
+            }),
+        };
+        let was = self.ready.swap(outcome.is_ok(), Ordering::AcqRel);
+        match (&outcome, was) {
+            (Ok(()), false) => tracing::info!(cluster = %self.name, "backend cluster reachable again"),
+            (Err(e), true) => {
+                telemetry::backend_error(&self.name, "health");
+                tracing::warn!(cluster = %self.name, error = %e, "backend cluster unreachable")
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn probe_once(&self) -> Result<(), BackendError> {
+        let version = self.own_version(ApiKey::Metadata, 12)?;
+        let request = MetadataRequest::default()
+            .with_topics(Some(Vec::new()))
+            .with_allow_auto_topic_creation(false);
+        let frame = codec::encode_request(ApiKey::Metadata, version, CLIENT_ID, &request)?;
+        let mut last = BackendError::NoBroker;
+        for id in self.broker_ids() {
+            match self.control_request(id, frame.clone()).await {
+                Ok(resp) => {
+                    let header = ApiKey::Metadata.response_header_version(version);
+                    let body: MetadataResponse = resp.decode(header, version, "Metadata response")?;
+                    self.absorb_metadata(&body, false);
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// How often the cluster is probed once it is up.
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.config.health_interval_ms)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -87,7 +87,8 @@ impl Backends {
         self.clusters.get(index)
     }
 
-    /// Keeps trying to bootstrap each cluster until it answers.
+    /// Keeps trying to bootstrap each cluster until it answers, then probes it
+    /// every `health_interval_ms` so `/readyz` and the metrics follow its health.
     pub fn spawn_bootstrap(&self) {
         for cluster in &self.clusters {
             let cluster = cluster.clone();
@@ -105,6 +106,11 @@ impl Backends {
                             delay = (delay * 2).min(Duration::from_secs(5));
                         }
                     }
+                }
+                let interval = cluster.health_interval();
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let _ = cluster.probe(interval.max(Duration::from_secs(1))).await;
                 }
             });
         }
