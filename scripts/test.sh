@@ -15,6 +15,8 @@ echo "[test] building (release) into $CARGO_TARGET_DIR" >&2
 cargo build --release --locked
 echo "[test] unit and property tests" >&2
 cargo test --release --locked --workspace
+echo "[test] clippy" >&2
+cargo clippy --release --locked --all-targets -- -D warnings
 export CAUSEWAY_BIN="$CARGO_TARGET_DIR/release/causeway"
 echo "[test] end-to-end tests" >&2
 cd "$root/tests"

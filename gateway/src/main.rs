@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand};
 
 use causeway::config::{Config, ConfigError};
 
+// Frames are read into fresh buffers while earlier ones are still on their way
+// out; glibc's malloc returns such large blocks to the kernel and faults them in
+// again, a page at a time, on the next request. jemalloc keeps and reuses them.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "causeway", version, about = "A Kafka-protocol gateway")]
 struct Cli {

@@ -70,6 +70,9 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn expects_response(&self) -> bool {
         true
     }
+    /// Drops what refers into the client's frame (record data) once the request
+    /// is sent, so the read buffer can be reused while the answer is awaited.
+    fn release(&mut self) {}
 }
 
 /// Routes a partition-routed request.
@@ -186,10 +189,12 @@ async fn route<T: Split>(
     if !expects {
         return Ok(None);
     }
+    body.release();
+    let (version, header) = (req.version(), req.response_header_version());
+    drop(req);
 
     let gw = gw.clone();
     Ok(Some(Box::pin(async move {
-        let (version, header) = (req.version(), req.response_header_version());
         let only_one = parts.len() == 1;
         let mut acc = T::Resp::default();
         for (keep, reply) in parts {
@@ -361,6 +366,14 @@ impl Split for ProduceRequest {
 
     fn expects_response(&self) -> bool {
         self.acks != 0
+    }
+
+    fn release(&mut self) {
+        for t in &mut self.topic_data {
+            for p in &mut t.partition_data {
+                p.records = None;
+            }
+        }
     }
 }
 
