@@ -175,9 +175,12 @@ def main():
                 topic = f"bench-{name.replace(' ', '-')}-{rnd}"
                 create_topic(broker.addr, topic, args.partitions)
                 c0 = cpu_seconds(pid) if pid else 0.0
+                b0, me0 = cpu_seconds(broker.process.pid()), cpu_seconds(os.getpid())
                 pmb, pel = produce_throughput(addr, topic, args.count, args.size, args.partitions)
                 cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions)
                 cpu = (cpu_seconds(pid) - c0) if pid else 0.0
+                broker_cores = (cpu_seconds(broker.process.pid()) - b0) / (pel + cel)
+                client_cores = (cpu_seconds(os.getpid()) - me0) / (pel + cel)
                 ltopic = topic + "-lat"
                 create_topic(broker.addr, ltopic, 1)
                 lat = produce_latency(addr, ltopic, args.rate, args.seconds, args.size)
@@ -191,6 +194,9 @@ def main():
                     "p50": pct(lat, 50),
                     "p99": pct(lat, 99),
                     "millicores_per_mbs": (cpu / (pel + cel)) * 1000 / (moved_mb / (pel + cel)) if pid else None,
+                    "proxy_cores": cpu / (pel + cel) if pid else None,
+                    "broker_cores": broker_cores,
+                    "client_cores": client_cores,
                 })
                 print(f"round {rnd} {name:12s} produce {pmb:7.1f} MB/s  consume {cmb:7.1f} MB/s  "
                       f"p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms", flush=True)
@@ -215,23 +221,29 @@ def main():
         f"Median of {args.rounds} interleaved rounds; ratios are medians of same-round pairs. Client: librdkafka (confluent-kafka). "
         f"Machine: {os.cpu_count()} cores, broker, proxy and client on the same host.",
         "",
-        "| target | produce MB/s | consume MB/s | produce vs direct | consume vs direct | p50 ms | p99 ms | p99 added ms | proxy CPU millicores per MB/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | produce MB/s | consume MB/s | produce vs direct | consume vs direct | p50 ms | p99 ms | p99 added ms | proxy millicores per MB/s | proxy / broker / client cores |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    def cores(name):
+        v = med(name, "proxy_cores")
+        return "-" if v is None else f"{v:.2f}"
+
     for name in targets:
         p, c = med(name, "produce_mbs"), med(name, "consume_mbs")
         mc = med(name, "millicores_per_mbs")
         lines.append(
             f"| {name} | {p:.1f} | {c:.1f} | {100 * ratio(name, 'produce_mbs'):.0f}% | {100 * ratio(name, 'consume_mbs'):.0f}% | "
             f"{med(name, 'p50'):.2f} | {med(name, 'p99'):.2f} | {med(name, 'p99') - direct_p99:+.2f} | "
-            f"{'-' if mc is None else f'{mc:.1f}'} |"
+            f"{'-' if mc is None else f'{mc:.1f}'} | "
+            f"{cores(name)} / {med(name, 'broker_cores'):.2f} / {med(name, 'client_cores'):.2f} |"
         )
     table = "\n".join(lines)
     print()
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        with args.out.open("a") as f:
+            f.write(table + "\n\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs every test: Rust unit and property tests, then
-# the end-to-end suite (real tansu brokers, real clients, the real binary).
+# Sets up a fresh machine and runs every test: Rust unit and property tests, clippy,
+# a bounded fuzzing run of the decoders, then the end-to-end suite (real tansu
+# brokers, real clients, the real binary).
 #
 #   scripts/test.sh              # everything
 #   scripts/test.sh -k groups    # extra arguments go to pytest
@@ -17,6 +18,11 @@ echo "[test] unit and property tests" >&2
 cargo test --release --locked --workspace
 echo "[test] clippy" >&2
 cargo clippy --release --locked --all-targets -- -D warnings
+fuzz_seconds=${CAUSEWAY_FUZZ_SECONDS:-20}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  echo "[test] fuzzing the decoders, ${fuzz_seconds}s per target (CAUSEWAY_FUZZ_SECONDS=0 skips)" >&2
+  "$root/scripts/fuzz.sh" "$fuzz_seconds"
+fi
 export CAUSEWAY_BIN="$CARGO_TARGET_DIR/release/causeway"
 echo "[test] end-to-end tests" >&2
 cd "$root/tests"

@@ -46,6 +46,20 @@ impl Gateway {
         }
     }
 
+    /// A gateway node with no backend behind it: for tests and fuzzing of the
+    /// rewrite functions, which only need the node's identity.
+    pub fn for_tests() -> Self {
+        Self {
+            node_id: 7,
+            host: "gw.example".into(),
+            port: 9092,
+            cluster_id: None,
+            max_frame: 1 << 20,
+            max_in_flight: 8,
+            backends: Backends { clusters: Vec::new() },
+        }
+    }
+
     /// With `listen` port 0, the advertised port is the one actually bound.
     pub fn set_bound_port(&mut self, bound: SocketAddr, advertised_given: bool) {
         if !advertised_given && self.port == 0 {

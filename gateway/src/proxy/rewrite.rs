@@ -194,20 +194,11 @@ pub async fn configs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backends;
     use kafka_protocol::messages::metadata_response::{MetadataResponsePartition, MetadataResponseTopic};
     use kafka_protocol::messages::TopicName;
 
     fn gateway() -> Gateway {
-        Gateway {
-            node_id: 7,
-            host: "gw.example".into(),
-            port: 9092,
-            cluster_id: None,
-            max_frame: 1 << 20,
-            max_in_flight: 8,
-            backends: Backends { clusters: Vec::new() },
-        }
+        Gateway::for_tests()
     }
 
     #[test]
