@@ -113,7 +113,8 @@ impl Cluster {
     /// Asks any broker for the broker list (a Metadata request naming no topics)
     /// within `timeout`; records the outcome as the cluster's readiness.
     pub async fn probe(&self, timeout: Duration) -> Result<(), BackendError> {
-        let outcome = match tokio::time::timeout(timeout, self.probe_once()).await {
+        // A Metadata request naming no topics: brokers and controller only.
+        let outcome = match tokio::time::timeout(timeout, self.refresh(Some(Vec::new()))).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Timeout {
                 addr: self.broker_addr(self.any_broker()).unwrap_or_default(),
@@ -129,27 +130,6 @@ impl Cluster {
             _ => {}
         }
         outcome
-    }
-
-    async fn probe_once(&self) -> Result<(), BackendError> {
-        let version = self.own_version(ApiKey::Metadata, 12)?;
-        let request = MetadataRequest::default()
-            .with_topics(Some(Vec::new()))
-            .with_allow_auto_topic_creation(false);
-        let frame = codec::encode_request(ApiKey::Metadata, version, CLIENT_ID, &request)?;
-        let mut last = BackendError::NoBroker;
-        for id in self.broker_ids() {
-            match self.control_request(id, frame.clone()).await {
-                Ok(resp) => {
-                    let header = ApiKey::Metadata.response_header_version(version);
-                    let body: MetadataResponse = resp.decode(header, version, "Metadata response")?;
-                    self.absorb_metadata(&body, false);
-                    return Ok(());
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
     }
 
     /// How often the cluster is probed once it is up.
@@ -273,28 +253,7 @@ impl Cluster {
             }))
             .with_allow_auto_topic_creation(false);
         let frame = codec::encode_request(ApiKey::Metadata, version, CLIENT_ID, &request)?;
-        let broker = self.any_broker();
-        let resp = match self.control_request(broker, frame.clone()).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Try the other brokers we know before giving up.
-                let mut last = e;
-                let mut got = None;
-                for &id in self.snapshot().brokers.keys() {
-                    if id == broker {
-                        continue;
-                    }
-                    match self.control_request(id, frame.clone()).await {
-                        Ok(r) => {
-                            got = Some(r);
-                            break;
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                got.ok_or(last)?
-            }
-        };
+        let resp = self.control_request_any(frame).await?;
         let header = ApiKey::Metadata.response_header_version(version);
         let body: MetadataResponse = resp.decode(header, version, "Metadata response")?;
         self.absorb_metadata(&body, topics.is_none());
@@ -482,6 +441,22 @@ impl Cluster {
                 list.push(conn);
             }
         }
+    }
+
+    /// Sends one of Causeway's own requests to the first broker that answers,
+    /// starting with [`Cluster::any_broker`].
+    pub async fn control_request_any(&self, frame: bytes::Bytes) -> Result<Response, BackendError> {
+        let first = self.any_broker();
+        let mut order = vec![first];
+        order.extend(self.broker_ids().into_iter().filter(|&id| id != first));
+        let mut last = BackendError::NoBroker;
+        for id in order {
+            match self.control_request(id, frame.clone()).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Sends one of Causeway's own requests over the control connection to `broker`.

@@ -77,6 +77,8 @@ pub enum ProxyError {
     Backend(#[from] BackendError),
     #[error("{api} v{version} is not offered by Causeway")]
     Unsupported { api: &'static str, version: i16 },
+    #[error("client connection failed: {0}")]
+    ClientIo(#[from] std::io::Error),
 }
 
 /// Accepts client connections until the listener fails.

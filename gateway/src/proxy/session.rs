@@ -113,11 +113,7 @@ async fn read_requests(
         } else if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let n = rd.read_buf(&mut buf).await.map_err(|e| {
-            ProxyError::Backend(crate::backend::BackendError::Protocol(format!(
-                "client read failed: {e}"
-            )))
-        })?;
+        let n = rd.read_buf(&mut buf).await?;
         if n == 0 {
             if !buf.is_empty() {
                 telemetry::protocol_error("truncated_frame");
