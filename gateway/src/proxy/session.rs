@@ -1,11 +1,13 @@
-//! One client connection.
+//! One client connection, served by one task.
 //!
-//! The reader takes frames off the socket, hands each to the handlers (which queue
-//! the backend requests in arrival order) and passes the pending answer to the
-//! writer. The writer awaits answers strictly in request order, so a client may
-//! pipeline as much as `max_in_flight` allows and still gets responses in the order
-//! it asked. A malformed frame, an unknown API or a failed backend closes the
-//! connection cleanly; other clients never notice.
+//! The task takes whole frames off the socket and hands each to the handlers, which
+//! queue the backend requests in arrival order and return the pending answer. The
+//! answers wait in a queue that yields them strictly in request order, so a client
+//! may pipeline as much as `max_in_flight` allows and still gets responses in the
+//! order it asked. Reading and answering happen in the same task: a backend reply
+//! wakes this task alone, with no hop through a writer task. A malformed frame, an
+//! unknown API or a failed backend closes the connection cleanly; other clients
+//! never notice.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +15,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::{handlers, Gateway, ProxyError};
 use crate::backend::SessionConns;
@@ -26,41 +29,35 @@ use crate::telemetry;
 /// The answer to one request: the bytes after the correlation id.
 pub type Answer = BoxFuture<'static, Result<Bytes, ProxyError>>;
 
-struct Pending {
-    correlation_id: i32,
-    api: &'static str,
-    started: Instant,
-    answer: Answer,
-}
+/// An answer with what is needed to write it back and account for it.
+type Pending = BoxFuture<'static, (i32, &'static str, Instant, Result<Bytes, ProxyError>)>;
 
 /// Serves one client until it disconnects or breaks the protocol.
 pub async fn run(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
     telemetry::connection_opened();
     tracing::debug!(%peer, "client connected");
-    let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Pending>(gateway.max_in_flight);
-    let writer = tokio::spawn(write_answers(rx, wr, peer));
     let mut conns = SessionConns::new(gateway.backends.clone());
-    let outcome = read_requests(&gateway, rd, &mut conns, tx).await;
-    match &outcome {
+    match serve(&gateway, stream, &mut conns).await {
         Ok(()) => tracing::debug!(%peer, "client closed the connection"),
         Err(e) => tracing::info!(%peer, error = %e, "closing client connection"),
     }
-    // The writer finishes the answers already queued, then stops.
-    let _ = writer.await;
     drop(conns);
     telemetry::connection_closed();
 }
 
-async fn read_requests(
+async fn serve(
     gateway: &Arc<Gateway>,
-    mut rd: OwnedReadHalf,
+    stream: TcpStream,
     conns: &mut SessionConns,
-    tx: mpsc::Sender<Pending>,
 ) -> Result<(), ProxyError> {
+    let (mut rd, wr) = stream.into_split();
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut open = true;
     loop {
-        loop {
+        // Handle every whole frame already read, as far as max_in_flight allows.
+        while answers.len() < gateway.max_in_flight {
             let frame = match codec::split_frame(&mut buf, gateway.max_frame) {
                 Ok(Some(frame)) => frame.freeze(),
                 Ok(None) => break,
@@ -81,78 +78,66 @@ async fn read_requests(
             })?;
             let correlation_id = request.correlation_id();
             let api = api_name(&request);
-            let answer = handlers::dispatch(gateway, conns, request).await?;
-            match answer {
-                Some(answer) => {
-                    let pending = Pending {
-                        correlation_id,
-                        api,
-                        started,
-                        answer,
-                    };
-                    let pending = match tx.try_send(pending) {
-                        Ok(()) => continue,
-                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                        Err(mpsc::error::TrySendError::Full(p)) => p,
-                    };
-                    // max_in_flight reached: send what is buffered, then wait for
-                    // the writer to make room.
-                    conns.flush().await;
-                    if tx.send(pending).await.is_err() {
-                        // The writer stopped: the client is gone.
-                        return Ok(());
-                    }
-                }
+            match handlers::dispatch(gateway, conns, request).await? {
+                Some(answer) => answers.push_back(Box::pin(
+                    answer.map(move |r| (correlation_id, api, started, r)),
+                )),
                 None => telemetry::request(api, started.elapsed()),
             }
         }
-        // Every whole frame is handled: send the batch to the backends.
+        // Send what the frames queued to the backends, in one write per broker.
         conns.flush().await;
-        if let Some(need) = codec::pending_frame_len(&buf, gateway.max_frame) {
-            buf.reserve(need.saturating_sub(buf.len()).min(8 * 1024 * 1024));
-        } else if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        let n = rd.read_buf(&mut buf).await?;
-        if n == 0 {
-            if !buf.is_empty() {
-                telemetry::protocol_error("truncated_frame");
-                tracing::debug!(bytes = buf.len(), "client left mid-frame");
-            }
+        if !open && answers.is_empty() {
             return Ok(());
         }
-        telemetry::bytes_in(n);
+        let room = open && answers.len() < gateway.max_in_flight;
+        if room {
+            if let Some(need) = codec::pending_frame_len(&buf, gateway.max_frame) {
+                buf.reserve(need.saturating_sub(buf.len()).min(8 * 1024 * 1024));
+            } else if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 * 1024);
+            }
+        }
+        tokio::select! {
+            // Cancel-safe: bytes read are in `buf` even if the other branch wins.
+            read = rd.read_buf(&mut buf), if room => {
+                let n = read?;
+                if n == 0 {
+                    if !buf.is_empty() {
+                        telemetry::protocol_error("truncated_frame");
+                        tracing::debug!(bytes = buf.len(), "client left mid-frame");
+                    }
+                    // Answer what was asked, then close.
+                    open = false;
+                } else {
+                    telemetry::bytes_in(n);
+                }
+            }
+            Some(done) = answers.next(), if !answers.is_empty() => {
+                write_answer(&mut wr, done).await?;
+                // Write every other answer that is ready, then flush once.
+                while let Some(Some(done)) = answers.next().now_or_never() {
+                    write_answer(&mut wr, done).await?;
+                }
+                wr.flush().await?;
+            }
+        }
     }
 }
 
-async fn write_answers(mut rx: mpsc::Receiver<Pending>, wr: OwnedWriteHalf, peer: SocketAddr) {
-    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(pending) = rx.recv().await {
-        let body = match pending.answer.await {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::warn!(%peer, api = pending.api, error = %e, "cannot answer request; closing connection");
-                break;
-            }
-        };
-        let prefix = codec::response_prefix(pending.correlation_id, body.len());
-        let written = async {
-            wr.write_all(&prefix).await?;
-            wr.write_all(&body).await?;
-            if rx.is_empty() {
-                wr.flush().await?;
-            }
-            Ok::<(), std::io::Error>(())
-        };
-        if let Err(e) = written.await {
-            tracing::debug!(%peer, error = %e, "client write failed");
-            break;
-        }
-        telemetry::bytes_out(prefix.len() + body.len());
-        telemetry::request(pending.api, pending.started.elapsed());
-    }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
+async fn write_answer(
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    (correlation_id, api, started, answer): (i32, &'static str, Instant, Result<Bytes, ProxyError>),
+) -> Result<(), ProxyError> {
+    let body = answer.inspect_err(|e| {
+        tracing::warn!(api, error = %e, "cannot answer request; closing connection");
+    })?;
+    let prefix = codec::response_prefix(correlation_id, body.len());
+    wr.write_all(&prefix).await?;
+    wr.write_all(&body).await?;
+    telemetry::bytes_out(prefix.len() + body.len());
+    telemetry::request(api, started.elapsed());
+    Ok(())
 }
 
 fn api_name(request: &Request) -> &'static str {
