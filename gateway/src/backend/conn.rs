@@ -220,7 +220,10 @@ async fn read_loop(
             let _ = reply.send(Ok(Response { frame }));
         }
         if let Some(need) = codec::pending_frame_len(&buf, max_frame) {
-            buf.reserve(need.saturating_sub(buf.len()).min(8 * 1024 * 1024));
+            // The whole response at once (a broker's length is bounded by the
+            // cluster's max_frame_bytes): growing a large fetch response in steps
+            // would copy it again at every step.
+            buf.reserve(need.saturating_sub(buf.len()));
         } else if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }

@@ -93,7 +93,10 @@ async fn serve(
         let room = open && answers.len() < gateway.max_in_flight;
         if room {
             if let Some(need) = codec::pending_frame_len(&buf, gateway.max_frame) {
-                buf.reserve(need.saturating_sub(buf.len()).min(8 * 1024 * 1024));
+                // Grow with what the client has actually sent (at most doubling),
+                // so a declared length alone never reserves memory.
+                let step = buf.capacity().max(64 * 1024);
+                buf.reserve(need.saturating_sub(buf.len()).min(step));
             } else if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }
