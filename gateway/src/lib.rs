@@ -13,6 +13,7 @@ pub mod admin;
 pub mod backend;
 pub mod codec;
 pub mod config;
+mod io;
 pub mod proxy;
 pub mod telemetry;
 

@@ -149,10 +149,7 @@ impl BrokerConn {
             self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         }
         let prefix = codec::request_prefix(&frame, id);
-        let written = async {
-            w.wr.write_all(&prefix).await?;
-            w.wr.write_all(&frame[codec::MIN_REQUEST_HEADER..]).await
-        };
+        let written = crate::io::write_prefixed(&mut w.wr, &prefix, &frame[codec::MIN_REQUEST_HEADER..]);
         if let Err(e) = written.await {
             return Err(self.failed(&e));
         }

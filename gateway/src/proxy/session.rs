@@ -136,8 +136,7 @@ async fn write_answer(
         tracing::warn!(api, error = %e, "cannot answer request; closing connection");
     })?;
     let prefix = codec::response_prefix(correlation_id, body.len());
-    wr.write_all(&prefix).await?;
-    wr.write_all(&body).await?;
+    crate::io::write_prefixed(wr, &prefix, &body).await?;
     telemetry::bytes_out(prefix.len() + body.len());
     telemetry::request(api, started.elapsed());
     Ok(())
