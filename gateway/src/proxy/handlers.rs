@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
     SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::session::Answer;
 use super::{partitioned, rewrite, Gateway, ProxyError};
@@ -195,6 +196,29 @@ fn api_versions(gw: &Gateway, req: &Request) -> Answer {
     Box::pin(async move { Ok(encoded?) })
 }
 
+/// Forwards the client's frame to `broker` and hands the decoded answer to `edit`
+/// before encoding it back at the client's version.
+async fn forward_rewritten<T, F>(
+    conns: &mut SessionConns,
+    broker: BrokerRef,
+    req: &Request,
+    what: &'static str,
+    edit: F,
+) -> Result<Answer, ProxyError>
+where
+    T: Decodable + Encodable + Send + 'static,
+    F: FnOnce(&mut T, i16) + Send + 'static,
+{
+    let reply = conns.send(broker, req.frame.clone()).await?;
+    let (version, header) = (req.version(), req.response_header_version());
+    Ok(Box::pin(async move {
+        let resp = await_reply(reply).await?;
+        let mut body: T = resp.decode(header, version, what)?;
+        edit(&mut body, version);
+        Ok(encode_response(&body, version, header, what)?)
+    }))
+}
+
 async fn metadata(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
@@ -207,16 +231,12 @@ async fn metadata(
         None => true,
         Some(t) => t.is_empty() && req.version() == 0,
     };
-    let reply = conns.send(broker, req.frame.clone()).await?;
     let gw = gw.clone();
-    Ok(Box::pin(async move {
-        let (version, header) = (req.version(), req.response_header_version());
-        let resp = await_reply(reply).await?;
-        let mut body: MetadataResponse = resp.decode(header, version, "Metadata response")?;
-        cluster.absorb_metadata(&body, all_topics);
-        rewrite::metadata(&mut body, &gw, cluster.cluster_id());
-        Ok(encode_response(&body, version, header, "Metadata response")?)
-    }))
+    forward_rewritten(conns, broker, &req, "Metadata response", move |out: &mut MetadataResponse, _| {
+        cluster.absorb_metadata(out, all_topics);
+        rewrite::metadata(out, &gw, cluster.cluster_id());
+    })
+    .await
 }
 
 async fn find_coordinator(
@@ -227,27 +247,20 @@ async fn find_coordinator(
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: FindCoordinatorRequest = req.decode("FindCoordinator request")?;
-    let reply = conns.send(broker, req.frame.clone()).await?;
     let gw = gw.clone();
-    Ok(Box::pin(async move {
-        let (version, header) = (req.version(), req.response_header_version());
-        let resp = await_reply(reply).await?;
-        let mut out: FindCoordinatorResponse =
-            resp.decode(header, version, "FindCoordinator response")?;
+    let edit = move |out: &mut FindCoordinatorResponse, version: i16| {
         if version < 4 {
             if out.error_code == 0 {
                 cluster.learn_coordinator(body.key_type, &body.key, out.node_id.0, &out.host, out.port);
             }
         } else {
-            for c in &out.coordinators {
-                if c.error_code == 0 {
-                    cluster.learn_coordinator(body.key_type, &c.key, c.node_id.0, &c.host, c.port);
-                }
+            for c in out.coordinators.iter().filter(|c| c.error_code == 0) {
+                cluster.learn_coordinator(body.key_type, &c.key, c.node_id.0, &c.host, c.port);
             }
         }
-        rewrite::find_coordinator(&mut out, &gw);
-        Ok(encode_response(&out, version, header, "FindCoordinator response")?)
-    }))
+        rewrite::find_coordinator(out, &gw);
+    };
+    forward_rewritten(conns, broker, &req, "FindCoordinator response", edit).await
 }
 
 async fn describe_cluster(
@@ -257,16 +270,11 @@ async fn describe_cluster(
     cluster: Arc<Cluster>,
     req: Request,
 ) -> Result<Answer, ProxyError> {
-    let reply = conns.send(broker, req.frame.clone()).await?;
     let gw = gw.clone();
-    Ok(Box::pin(async move {
-        let (version, header) = (req.version(), req.response_header_version());
-        let resp = await_reply(reply).await?;
-        let mut out: DescribeClusterResponse =
-            resp.decode(header, version, "DescribeCluster response")?;
-        rewrite::describe_cluster(&mut out, &gw, cluster.cluster_id());
-        Ok(encode_response(&out, version, header, "DescribeCluster response")?)
-    }))
+    let edit = move |out: &mut DescribeClusterResponse, _| {
+        rewrite::describe_cluster(out, &gw, cluster.cluster_id());
+    };
+    forward_rewritten(conns, broker, &req, "DescribeCluster response", edit).await
 }
 
 /// The consumer group a single-group request is about.

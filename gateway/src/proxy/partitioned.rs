@@ -510,174 +510,101 @@ impl Split for FetchRequest {
     }
 }
 
-impl Split for ListOffsetsRequest {
-    type Resp = ListOffsetsResponse;
-    const WHAT: &'static str = "ListOffsets request";
-    const RESP_WHAT: &'static str = "ListOffsets response";
+/// `Split` for a request whose topics and answers are plain name + partitions
+/// lists with a per-partition error code: ListOffsets, OffsetForLeaderEpoch and
+/// DeleteRecords differ only in type and field names.
+macro_rules! simple_split {
+    (
+        $req:ty => $resp:ty, $what:literal, $resp_what:literal,
+        topic: $topic:ident, partition: $partition:ident,
+        answer topic: $rt:ty, answer partition: $rp:ty, answer index: $rpi:ident,
+        failed: $fix:expr
+    ) => {
+        impl Split for $req {
+            type Resp = $resp;
+            const WHAT: &'static str = $what;
+            const RESP_WHAT: &'static str = $resp_what;
 
-    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
-        self.topics
-            .iter()
-            .map(|t| (name_key(&t.name.0), t.partitions.iter().map(|p| p.partition_index).collect()))
-            .collect()
-    }
+            fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
+                self.topics
+                    .iter()
+                    .map(|t| (name_key(&t.$topic.0), t.partitions.iter().map(|p| p.$partition).collect()))
+                    .collect()
+            }
 
-    fn subset(&self, keep: &Positions) -> Self {
-        let mut out = self.clone();
-        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
-            let mut t = t.clone();
-            t.partitions = ps;
-            t
-        });
-        out
-    }
+            fn subset(&self, keep: &Positions) -> Self {
+                let mut out = self.clone();
+                out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
+                    let mut t = t.clone();
+                    t.partitions = ps;
+                    t
+                });
+                out
+            }
 
-    fn merge(acc: &mut ListOffsetsResponse, part: ListOffsetsResponse) {
-        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-        join(&mut acc.topics, part.topics, |a, b| a.name == b.name, |t| &mut t.partitions);
-    }
+            fn merge(acc: &mut $resp, part: $resp) {
+                acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+                join(&mut acc.topics, part.topics, |a, b| a.$topic == b.$topic, |t| &mut t.partitions);
+            }
 
-    fn failed(&self, keep: &Positions, code: i16) -> ListOffsetsResponse {
-        let chosen = chosen_partitions(&self.keys(), keep);
-        let mut out = ListOffsetsResponse::default();
-        for (ti, ps) in chosen {
-            let Some(t) = self.topics.get(ti) else { continue };
-            out.topics.push(
-                list_offsets_response::ListOffsetsTopicResponse::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        ps.into_iter()
-                            .map(|p| {
-                                list_offsets_response::ListOffsetsPartitionResponse::default()
-                                    .with_partition_index(p)
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    ),
-            );
+            fn failed(&self, keep: &Positions, code: i16) -> $resp {
+                let fix: fn(&mut $rp) = $fix;
+                let mut out = <$resp>::default();
+                for (ti, ps) in chosen_partitions(&self.keys(), keep) {
+                    let Some(t) = self.topics.get(ti) else { continue };
+                    let mut answer = <$rt>::default();
+                    answer.$topic = t.$topic.clone();
+                    answer.partitions = ps
+                        .into_iter()
+                        .map(|p| {
+                            let mut part = <$rp>::default();
+                            part.$rpi = p;
+                            part.error_code = code;
+                            fix(&mut part);
+                            part
+                        })
+                        .collect();
+                    out.topics.push(answer);
+                }
+                out
+            }
+
+            fn leaders_moved(resp: &$resp) -> bool {
+                resp.topics
+                    .iter()
+                    .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
+            }
         }
-        out
-    }
-
-    fn leaders_moved(resp: &ListOffsetsResponse) -> bool {
-        resp.topics
-            .iter()
-            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
-    }
+    };
 }
 
-impl Split for OffsetForLeaderEpochRequest {
-    type Resp = OffsetForLeaderEpochResponse;
-    const WHAT: &'static str = "OffsetForLeaderEpoch request";
-    const RESP_WHAT: &'static str = "OffsetForLeaderEpoch response";
+simple_split!(
+    ListOffsetsRequest => ListOffsetsResponse, "ListOffsets request", "ListOffsets response",
+    topic: name, partition: partition_index,
+    answer topic: list_offsets_response::ListOffsetsTopicResponse,
+    answer partition: list_offsets_response::ListOffsetsPartitionResponse,
+    answer index: partition_index,
+    failed: |_| {}
+);
 
-    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
-        self.topics
-            .iter()
-            .map(|t| (name_key(&t.topic.0), t.partitions.iter().map(|p| p.partition).collect()))
-            .collect()
-    }
+simple_split!(
+    OffsetForLeaderEpochRequest => OffsetForLeaderEpochResponse,
+    "OffsetForLeaderEpoch request", "OffsetForLeaderEpoch response",
+    topic: topic, partition: partition,
+    answer topic: offset_for_leader_epoch_response::OffsetForLeaderTopicResult,
+    answer partition: offset_for_leader_epoch_response::EpochEndOffset,
+    answer index: partition,
+    failed: |_| {}
+);
 
-    fn subset(&self, keep: &Positions) -> Self {
-        let mut out = self.clone();
-        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
-            let mut t = t.clone();
-            t.partitions = ps;
-            t
-        });
-        out
-    }
-
-    fn merge(acc: &mut OffsetForLeaderEpochResponse, part: OffsetForLeaderEpochResponse) {
-        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-        join(&mut acc.topics, part.topics, |a, b| a.topic == b.topic, |t| &mut t.partitions);
-    }
-
-    fn failed(&self, keep: &Positions, code: i16) -> OffsetForLeaderEpochResponse {
-        let chosen = chosen_partitions(&self.keys(), keep);
-        let mut out = OffsetForLeaderEpochResponse::default();
-        for (ti, ps) in chosen {
-            let Some(t) = self.topics.get(ti) else { continue };
-            out.topics.push(
-                offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
-                    .with_topic(t.topic.clone())
-                    .with_partitions(
-                        ps.into_iter()
-                            .map(|p| {
-                                offset_for_leader_epoch_response::EpochEndOffset::default()
-                                    .with_partition(p)
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    ),
-            );
-        }
-        out
-    }
-
-    fn leaders_moved(resp: &OffsetForLeaderEpochResponse) -> bool {
-        resp.topics
-            .iter()
-            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
-    }
-}
-
-impl Split for DeleteRecordsRequest {
-    type Resp = DeleteRecordsResponse;
-    const WHAT: &'static str = "DeleteRecords request";
-    const RESP_WHAT: &'static str = "DeleteRecords response";
-
-    fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
-        self.topics
-            .iter()
-            .map(|t| (name_key(&t.name.0), t.partitions.iter().map(|p| p.partition_index).collect()))
-            .collect()
-    }
-
-    fn subset(&self, keep: &Positions) -> Self {
-        let mut out = self.clone();
-        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
-            let mut t = t.clone();
-            t.partitions = ps;
-            t
-        });
-        out
-    }
-
-    fn merge(acc: &mut DeleteRecordsResponse, part: DeleteRecordsResponse) {
-        acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-        join(&mut acc.topics, part.topics, |a, b| a.name == b.name, |t| &mut t.partitions);
-    }
-
-    fn failed(&self, keep: &Positions, code: i16) -> DeleteRecordsResponse {
-        let chosen = chosen_partitions(&self.keys(), keep);
-        let mut out = DeleteRecordsResponse::default();
-        for (ti, ps) in chosen {
-            let Some(t) = self.topics.get(ti) else { continue };
-            out.topics.push(
-                delete_records_response::DeleteRecordsTopicResult::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        ps.into_iter()
-                            .map(|p| {
-                                delete_records_response::DeleteRecordsPartitionResult::default()
-                                    .with_partition_index(p)
-                                    .with_low_watermark(-1)
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    ),
-            );
-        }
-        out
-    }
-
-    fn leaders_moved(resp: &DeleteRecordsResponse) -> bool {
-        resp.topics
-            .iter()
-            .any(|t| t.partitions.iter().any(|p| code::leader_moved(p.error_code)))
-    }
-}
+simple_split!(
+    DeleteRecordsRequest => DeleteRecordsResponse, "DeleteRecords request", "DeleteRecords response",
+    topic: name, partition: partition_index,
+    answer topic: delete_records_response::DeleteRecordsTopicResult,
+    answer partition: delete_records_response::DeleteRecordsPartitionResult,
+    answer index: partition_index,
+    failed: |p| p.low_watermark = -1
+);
 
 #[cfg(test)]
 mod tests {
@@ -732,6 +659,30 @@ mod tests {
             .map(|p| (p.index, p.error_code))
             .collect();
         assert_eq!(codes, vec![(0, 6), (1, 7)]);
+    }
+
+    #[test]
+    fn simple_splits_fail_and_merge_per_partition() {
+        use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+        let req = DeleteRecordsRequest::default().with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(TopicName("t".into()))
+            .with_partitions(vec![
+                DeleteRecordsPartition::default().with_partition_index(4),
+                DeleteRecordsPartition::default().with_partition_index(9),
+            ])]);
+        assert_eq!(req.keys(), vec![(TopicKey::Name("t".into()), vec![4, 9])]);
+        let sub = req.subset(&vec![(0, 1)]);
+        assert_eq!(sub.topics[0].partitions[0].partition_index, 9);
+        let mut acc = DeleteRecordsResponse::default();
+        DeleteRecordsRequest::merge(&mut acc, req.failed(&vec![(0, 1)], 6));
+        DeleteRecordsRequest::merge(&mut acc, req.failed(&vec![(0, 0)], 3));
+        let got: Vec<_> = acc.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.error_code, p.low_watermark))
+            .collect();
+        assert_eq!(got, vec![(9, 6, -1), (4, 3, -1)]);
+        assert!(DeleteRecordsRequest::leaders_moved(&acc));
     }
 
     #[test]
