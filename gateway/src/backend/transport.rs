@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Socket buffer size asked for on backend connections (the kernel may cap it).
+const SOCKET_BUFFER: u32 = 4 * 1024 * 1024;
 
 /// A bidirectional byte stream to a broker.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -30,7 +33,22 @@ impl Connector for TcpConnector {
     fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn Stream>>> {
         let timeout = self.timeout;
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+            let connect = async {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to nothing"));
+                for sock_addr in tokio::net::lookup_host(&addr).await? {
+                    let socket = if sock_addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                    // Room for several produce requests in flight, so a session
+                    // rarely waits for the broker to read before it can go on.
+                    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+                    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+                    match socket.connect(sock_addr).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            };
+            let stream: TcpStream = tokio::time::timeout(timeout, connect)
                 .await
                 .map_err(|_| {
                     io::Error::new(
