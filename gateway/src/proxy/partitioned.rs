@@ -221,26 +221,22 @@ async fn route<T: Split>(
     })))
 }
 
-/// Builds a copy of `topics` holding only the positions in `keep`, in their order.
-fn pick<T: Clone, P: Clone>(
-    topics: &[T],
-    keep: &Positions,
-    parts: impl Fn(&T) -> &Vec<P>,
-    with: impl Fn(&T, Vec<P>) -> T,
-) -> Vec<T> {
-    let mut out: Vec<(usize, T)> = Vec::new();
-    let mut chosen: BTreeMap<usize, Vec<P>> = BTreeMap::new();
+/// Builds a copy of `topics` holding only the positions in `keep`, in their order;
+/// `parts` names a topic's partition list.
+fn pick<T: Clone, P: Clone>(topics: &[T], keep: &Positions, parts: impl Fn(&mut T) -> &mut Vec<P>) -> Vec<T> {
+    let mut chosen: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for &(ti, pi) in keep {
-        if let Some(p) = topics.get(ti).and_then(|t| parts(t).get(pi)) {
-            chosen.entry(ti).or_default().push(p.clone());
-        }
+        chosen.entry(ti).or_default().push(pi);
     }
-    for (ti, ps) in chosen {
-        if let Some(t) = topics.get(ti) {
-            out.push((ti, with(t, ps)));
-        }
-    }
-    out.into_iter().map(|(_, t)| t).collect()
+    chosen
+        .into_iter()
+        .filter_map(|(ti, pis)| {
+            let mut t = topics.get(ti)?.clone();
+            let all = std::mem::take(parts(&mut t));
+            *parts(&mut t) = pis.into_iter().filter_map(|pi| all.get(pi).cloned()).collect();
+            Some(t)
+        })
+        .collect()
 }
 
 /// Appends `part`'s topics to `acc`, joining entries for the same topic.
@@ -299,11 +295,7 @@ impl Split for ProduceRequest {
 
     fn subset(&self, keep: &Positions) -> Self {
         let mut out = self.clone();
-        out.topic_data = pick(&self.topic_data, keep, |t| &t.partition_data, |t, ps| {
-            let mut t = t.clone();
-            t.partition_data = ps;
-            t
-        });
+        out.topic_data = pick(&self.topic_data, keep, |t| &mut t.partition_data);
         out
     }
 
@@ -394,11 +386,7 @@ impl Split for FetchRequest {
 
     fn subset(&self, keep: &Positions) -> Self {
         let mut out = self.clone();
-        out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
-            let mut t = t.clone();
-            t.partitions = ps;
-            t
-        });
+        out.topics = pick(&self.topics, keep, |t| &mut t.partitions);
         out
     }
 
@@ -534,11 +522,7 @@ macro_rules! simple_split {
 
             fn subset(&self, keep: &Positions) -> Self {
                 let mut out = self.clone();
-                out.topics = pick(&self.topics, keep, |t| &t.partitions, |t, ps| {
-                    let mut t = t.clone();
-                    t.partitions = ps;
-                    t
-                });
+                out.topics = pick(&self.topics, keep, |t| &mut t.partitions);
                 out
             }
 
