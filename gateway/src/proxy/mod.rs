@@ -94,9 +94,6 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Res
             }
         };
         let _ = stream.set_nodelay(true);
-        // Room for a client's pipelined produce requests while the session is
-        // busy forwarding the one before.
-        let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(4 * 1024 * 1024);
         let gateway = gateway.clone();
         tokio::spawn(async move {
             session::run(gateway, stream, peer).await;
