@@ -48,7 +48,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         METADATA_REFRESHES,
         Unit::Count,
-        "Metadata refreshes Causeway made itself, by cluster."
+        "Metadata requests Causeway made itself (refreshes and health probes), by cluster."
     );
     describe_gauge!(
         CLUSTER_UP,

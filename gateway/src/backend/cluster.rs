@@ -320,7 +320,9 @@ impl Cluster {
         }
         *meta = Arc::new(next);
         drop(meta);
-        if complete || !body.brokers.is_empty() {
+        // Only an answer listing every topic makes the whole copy fresh; a health
+        // probe or a lookup of a few topics must not hide a stale leader elsewhere.
+        if complete {
             if let Ok(mut r) = self.refreshed.lock() {
                 *r = Some(Instant::now());
             }
@@ -505,5 +507,42 @@ fn host_for_dial(host: &str) -> String {
         format!("[{host}]")
     } else {
         host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+    use kafka_protocol::messages::BrokerId;
+
+    fn cluster() -> Cluster {
+        let config: crate::config::Config = toml::from_str(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[clusters.c]\nbootstrap = [\"127.0.0.1:1\"]\n",
+        )
+        .expect("config");
+        let c = config.clusters["c"].clone();
+        Cluster::new(
+            "c".into(),
+            c,
+            Arc::new(super::super::transport::TcpConnector { timeout: Duration::from_secs(1) }),
+        )
+    }
+
+    #[test]
+    fn only_a_complete_answer_makes_the_copy_fresh() {
+        let c = cluster();
+        let brokers_only = MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(1))
+            .with_host("h".into())
+            .with_port(1)]);
+        c.absorb_metadata(&brokers_only, false);
+        assert_eq!(c.broker_ids(), vec![1], "brokers are learned from any answer");
+        assert!(c.needs_refresh(), "a probe does not refresh topic leaders");
+        c.absorb_metadata(&brokers_only, true);
+        assert!(!c.needs_refresh());
+        c.mark_stale();
+        c.absorb_metadata(&brokers_only, false);
+        assert!(c.needs_refresh(), "a probe does not clear a stale mark");
     }
 }
