@@ -31,7 +31,7 @@ def test_backend_down_then_back():
         broker.close()
         wait_for(lambda: gw.get("/readyz")[0] == 503, 10, "/readyz to report the cluster down")
         status, body = gw.get("/readyz")
-        assert json.loads(body) == {"ready": False, "clusters": [{"name": "main", "ready": False}]}
+        assert json.loads(body) == {"ready": False, "degraded": True, "clusters": [{"name": "main", "ready": False}]}
         assert gw.metrics()['causeway_backend_cluster_up{cluster="main"}'] == 0
 
         # A producer gets a delivery error within its own timeout; nothing hangs.

@@ -1,5 +1,7 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process
-//! serves) and `/readyz` (every backend cluster answered its bootstrap).
+//! serves), `/readyz` (which backend clusters answer), and the routes: `GET /routes`,
+//! `PUT /routes` (JSON `{"routes": [...]}`) and `POST /reload` (re-read the config
+//! file).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,13 +17,18 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::backend::Backends;
+use crate::routing::{RouteChangeError, RouteConfig, RouteControl};
 use crate::telemetry;
+
+/// Largest request body the admin endpoint reads.
+const MAX_BODY: usize = 1 << 20;
 
 /// What the admin endpoint reports on.
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: PrometheusHandle,
     pub backends: Backends,
+    pub routes: Arc<RouteControl>,
 }
 
 /// Serves admin requests until the listener fails.
@@ -39,7 +46,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, req)) }
+                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -51,11 +58,80 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
     }
 }
 
-fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into());
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/routes") => routes_reply(StatusCode::OK, &admin.routes.current()),
+        (&Method::PUT, "/routes") => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Put {
+                routes: Vec<RouteConfig>,
+            }
+            let put: Put = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return problems_reply(vec![crate::config::Problem {
+                        field: "body".into(),
+                        message: format!("not a JSON object {{\"routes\": [...]}}: {e}"),
+                    }])
+                }
+            };
+            change_reply(admin.routes.replace(put.routes))
+        }
+        (&Method::POST, "/reload") => change_reply(admin.routes.reload()),
+        (_, "/routes") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET or PUT\n".into()),
+        (_, "/reload") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n".into()),
+        (m, _) if m != Method::GET && m != Method::HEAD => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into())
+        }
+        _ => inspect(admin, req.uri().path()),
     }
-    match req.uri().path() {
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain",
+            format!("cannot read the body (at most {MAX_BODY} bytes): {e}\n"),
+        )),
+    }
+}
+
+fn routes_reply(status: StatusCode, routes: &[RouteConfig]) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "routes": routes }).to_string() + "\n";
+    reply(status, "application/json", body)
+}
+
+fn problems_reply(problems: Vec<crate::config::Problem>) -> Response<Full<Bytes>> {
+    let list: Vec<_> = problems
+        .iter()
+        .map(|p| serde_json::json!({"field": p.field, "message": p.message}))
+        .collect();
+    let body = serde_json::json!({ "problems": list }).to_string() + "\n";
+    reply(StatusCode::BAD_REQUEST, "application/json", body)
+}
+
+fn change_reply(outcome: Result<Vec<RouteConfig>, RouteChangeError>) -> Response<Full<Bytes>> {
+    match outcome {
+        Ok(routes) => routes_reply(StatusCode::OK, &routes),
+        Err(RouteChangeError::Invalid(problems)) => problems_reply(problems),
+        Err(RouteChangeError::NoConfigFile) => reply(
+            StatusCode::CONFLICT,
+            "application/json",
+            serde_json::json!({"problems": [{"field": "config", "message": "started without --config; there is no file to re-read"}]}).to_string() + "\n",
+        ),
+    }
+}
+
+fn inspect(admin: &Admin, path: &str) -> Response<Full<Bytes>> {
+    match path {
         "/metrics" => {
             for c in &admin.backends.clusters {
                 telemetry::cluster_up(&c.name, c.is_ready());
@@ -74,12 +150,16 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .iter()
                 .map(|c| serde_json::json!({"name": c.name, "ready": c.is_ready()}))
                 .collect();
-            let ready = admin.backends.all_ready();
-            let body = serde_json::json!({"ready": ready, "clusters": clusters}).to_string() + "\n";
+            // Ready while any cluster answers: the others' topics get retriable
+            // errors, and taking the whole gateway out would cut the healthy ones too.
+            let up = admin.backends.clusters.iter().filter(|c| c.is_ready()).count();
+            let ready = up > 0;
+            let degraded = up < admin.backends.clusters.len();
+            let body = serde_json::json!({"ready": ready, "degraded": degraded, "clusters": clusters}).to_string() + "\n";
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             reply(status, "application/json", body)
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz or /routes\n".into()),
     }
 }
 

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::routing::{self, RouteConfig};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +22,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Backend clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
+    /// Where topics, consumer groups and transactional ids live; first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// The Kafka listener clients connect to, and the broker Causeway presents.
@@ -173,6 +178,7 @@ impl Config {
             },
             admin: AdminConfig { listen: admin },
             clusters,
+            routes: Vec::new(),
         }
     }
 
@@ -276,16 +282,6 @@ impl Config {
                 "no backend cluster; add [clusters.NAME] with bootstrap = [\"HOST:PORT\"]".to_string(),
             );
         }
-        if self.clusters.len() > 1 {
-            problem(
-                "clusters",
-                format!(
-                    "{} clusters given ({}); this version fronts exactly one backend cluster",
-                    self.clusters.len(),
-                    self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            );
-        }
         for (name, cluster) in &self.clusters {
             let base = format!("clusters.{name}");
             if !valid_name(name) {
@@ -346,7 +342,13 @@ impl Config {
                 );
             }
         }
+        out.extend(routing::validate(&self.routes, &self.cluster_names()));
         out
+    }
+
+    /// Cluster names in the order backends are numbered.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
     }
 
     /// The address clients are told to use, as host and port.

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod config;
 mod io;
 pub mod proxy;
+pub mod routing;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -25,10 +26,16 @@ use tokio::net::TcpListener;
 pub struct Running {
     pub kafka_addr: std::net::SocketAddr,
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// Route changes: what `/routes`, `/reload` and SIGHUP use.
+    pub routes: Arc<routing::RouteControl>,
 }
 
 /// Binds the listeners, starts the backend bootstrap and serves until the process ends.
-pub async fn start(config: config::Config) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
+/// `config_path` is the file `config` came from, re-read on reload.
+pub async fn start(
+    config: config::Config,
+    config_path: Option<std::path::PathBuf>,
+) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
     let metrics = telemetry::install()?;
     let backends = backend::Backends::from_config(&config);
     backends.spawn_bootstrap();
@@ -37,7 +44,16 @@ pub async fn start(config: config::Config) -> anyhow::Result<(Running, tokio::ta
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.gateway.listen))?;
     let kafka_addr = listener.local_addr()?;
-    let mut gateway = proxy::Gateway::new(&config, backends.clone());
+    let router = Arc::new(routing::RouterCell::new(routing::Router::new(
+        &config.routes,
+        &config.cluster_names(),
+    )));
+    let routes = Arc::new(routing::RouteControl::new(
+        router.clone(),
+        config.cluster_names(),
+        config_path,
+    ));
+    let mut gateway = proxy::Gateway::new(&config, backends.clone(), router.clone());
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
 
     let admin_addr = match &config.admin.listen {
@@ -49,6 +65,7 @@ pub async fn start(config: config::Config) -> anyhow::Result<(Running, tokio::ta
             let admin = Arc::new(admin::Admin {
                 metrics: metrics.clone(),
                 backends: backends.clone(),
+                routes: routes.clone(),
             });
             tokio::spawn(admin::serve(admin, admin_listener));
             Some(bound)
@@ -68,5 +85,12 @@ pub async fn start(config: config::Config) -> anyhow::Result<(Running, tokio::ta
             tracing::error!(error = %e, "listener failed");
         }
     });
-    Ok((Running { kafka_addr, admin_addr }, handle))
+    Ok((
+        Running {
+            kafka_addr,
+            admin_addr,
+            routes,
+        },
+        handle,
+    ))
 }

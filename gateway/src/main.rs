@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             admin,
         } => {
             init_tracing();
+            let config_path = config.clone();
             let config = match config {
                 Some(path) => Config::load(&path),
                 None => {
@@ -104,13 +105,14 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async move {
-                let (_running, serving) = match causeway::start(config).await {
+                let (running, serving) = match causeway::start(config, config_path).await {
                     Ok(x) => x,
                     Err(e) => {
                         eprintln!("causeway: {e}");
                         return ExitCode::FAILURE;
                     }
                 };
+                tokio::spawn(reload_on_hangup(running.routes.clone()));
                 tokio::select! {
                     _ = serving => ExitCode::FAILURE,
                     _ = shutdown_signal() => {
@@ -136,6 +138,30 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// SIGHUP re-reads the config file and applies its routes.
+async fn reload_on_hangup(routes: std::sync::Arc<causeway::routing::RouteControl>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match routes.reload() {
+                Ok(r) => tracing::info!(routes = r.len(), "config re-read on SIGHUP"),
+                Err(causeway::routing::RouteChangeError::Invalid(problems)) => {
+                    for p in problems {
+                        tracing::error!(field = %p.field, "config not reloaded: {}", p.message);
+                    }
+                }
+                Err(causeway::routing::RouteChangeError::NoConfigFile) => {
+                    tracing::warn!("SIGHUP ignored: started without --config");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = routes;
 }
 
 fn init_tracing() {

@@ -203,7 +203,7 @@ impl Cluster {
     }
 
     /// The version Causeway uses for its own request of `key`, at most `ours`.
-    fn own_version(&self, key: ApiKey, ours: i16) -> Result<i16, BackendError> {
+    pub fn own_version(&self, key: ApiKey, ours: i16) -> Result<i16, BackendError> {
         match self.versions().get(&(key as i16)) {
             Some(&(min, max)) if min <= ours => Ok(max.min(ours)),
             Some(_) | None => Err(BackendError::Protocol(format!(
@@ -443,6 +443,26 @@ impl Cluster {
                 list.push(conn);
             }
         }
+    }
+
+    /// Sends a request on a connection of its own (pooled), apart from any client
+    /// session: for requests Causeway issues after a first answer arrived.
+    pub async fn call(&self, broker: i32, frame: bytes::Bytes) -> Result<Response, BackendError> {
+        let conn = self.checkout(broker).await?;
+        let reply = conn.send(frame).await?;
+        conn.flush().await?;
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1000) * 6);
+        let outcome = match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(BackendError::Disconnected {
+                addr: conn.addr().to_string(),
+            }),
+            Err(_) => Err(BackendError::Timeout {
+                addr: conn.addr().to_string(),
+            }),
+        };
+        self.checkin(broker, conn);
+        outcome
     }
 
     /// Sends one of Causeway's own requests to the first broker that answers,

@@ -4,25 +4,24 @@
 //! each backend connection in the order the client sent them, and returns an
 //! [`Answer`] that the session's writer awaits in order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsResponse,
-    DeleteGroupsRequest, DeleteGroupsResponse, DescribeClusterResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, EndTxnRequest, FindCoordinatorRequest, FindCoordinatorResponse,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, OffsetFetchResponse, ResponseKind,
-    SyncGroupRequest, TxnOffsetCommitRequest,
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
+    ApiVersionsResponse, EndTxnRequest, InitProducerIdRequest, ResponseKind,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use super::partitioned::Names;
 use super::session::Answer;
-use super::{partitioned, rewrite, Gateway, ProxyError};
-use crate::backend::{BackendError, BrokerRef, Cluster, Reply, SessionConns};
+use super::{groups, metadata, partitioned, topics, Gateway, ProxyError};
+use crate::backend::{BackendError, BrokerRef, Reply, SessionConns};
+use crate::routing::Router;
 use crate::codec::versions::{self, Route};
 use crate::codec::{encode_response, Request, Response};
 use crate::telemetry;
@@ -32,11 +31,24 @@ pub mod code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const NOT_CONTROLLER: i16 = 41;
+    pub const INVALID_TXN_STATE: i16 = 48;
+    pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const STALE_MEMBER_EPOCH: i16 = 113;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
@@ -64,8 +76,8 @@ pub mod code {
 }
 
 /// Coordinator key types of FindCoordinator.
-const GROUP: i8 = 0;
-const TRANSACTION: i8 = 1;
+pub const GROUP: i8 = 0;
+pub const TRANSACTION: i8 = 1;
 
 /// Routes one request. `Ok(None)`: the request gets no response (acks=0 produce).
 pub async fn dispatch(
@@ -91,56 +103,56 @@ pub async fn dispatch(
             version,
         });
     }
-    let (ci, cluster) = gw.backends.primary();
-    let cluster = cluster.clone();
-    let any = BrokerRef {
-        cluster: ci,
-        node: cluster.any_broker(),
-    };
+    let router = gw.router();
     let answer = match audit.route {
         Route::ApiVersions => api_versions(gw, &req),
-        Route::Metadata => metadata(gw, conns, any, cluster, req).await?,
-        Route::FindCoordinator => find_coordinator(gw, conns, any, cluster, req).await?,
-        Route::DescribeCluster => describe_cluster(gw, conns, any, cluster, req).await?,
-        Route::Partitioned => return partitioned::dispatch(gw, conns, ci, cluster, req).await,
-        Route::Group => {
-            let key = group_key(&req)?;
-            to_coordinator(conns, ci, cluster, GROUP, key, req).await?
-        }
-        Route::Transaction => {
-            let key = transaction_key(&req)?;
-            to_coordinator(conns, ci, cluster, TRANSACTION, key, req).await?
-        }
+        Route::Metadata => metadata::metadata(gw, conns, &router, req).await?,
+        Route::FindCoordinator => metadata::find_coordinator(gw, conns, &router, req).await?,
+        Route::DescribeCluster => metadata::describe_cluster(gw, conns, &router, req).await?,
+        Route::Partitioned => return partitioned::dispatch(gw, conns, &router, req).await,
+        Route::Group => groups::dispatch(gw, conns, &router, req).await?,
+        Route::Groups => groups::dispatch_many(gw, conns, &router, req).await?,
+        Route::AllBrokers => groups::list_groups(gw, conns, req).await?,
+        Route::Transaction => match req.api_key {
+            ApiKey::AddPartitionsToTxn => add_partitions_to_txn(gw, conns, &router, req).await?,
+            _ => {
+                let key = transaction_key(&req)?;
+                let ci = router.transactional_id(&key);
+                to_coordinator(gw, conns, ci, TRANSACTION, key, req).await?
+            }
+        },
         Route::InitProducerId => {
             let body: InitProducerIdRequest = req.decode("InitProducerId request")?;
             match body.transactional_id.filter(|t| !t.0.is_empty()) {
                 Some(id) => {
-                    to_coordinator(conns, ci, cluster, TRANSACTION, id.0.to_string(), req).await?
+                    let ci = router.transactional_id(&id.0);
+                    to_coordinator(gw, conns, ci, TRANSACTION, id.0.to_string(), req).await?
                 }
-                None => passthrough(conns.send(any, req.frame).await?),
+                // Idempotent producers take their ids from one cluster, so no two
+                // producers behind Causeway share one.
+                None => to_any(gw, conns, router.default_cluster(), req).await?,
             }
         }
-        Route::Groups => groups(conns, ci, cluster, req).await?,
-        Route::AllBrokers => list_groups(conns, ci, cluster, req).await?,
-        Route::Controller => {
-            let controller = BrokerRef {
-                cluster: ci,
-                node: cluster.controller(),
-            };
-            let (api, version) = (req.api_key, req.version());
-            let reply = conns.send(controller, req.frame).await?;
-            Box::pin(async move {
-                let resp = await_reply(reply).await?;
-                if controller_moved(api, version, &resp) {
-                    cluster.mark_stale();
-                }
-                Ok(resp.after_correlation_id())
-            })
-        }
-        Route::Configs => rewrite::configs(gw, conns, any, req).await?,
-        Route::AnyBroker => passthrough(conns.send(any, req.frame).await?),
+        Route::Controller => return topics::dispatch(gw, conns, &router, req).await,
+        Route::Configs => return topics::dispatch(gw, conns, &router, req).await,
+        Route::AnyBroker => to_any(gw, conns, router.default_cluster(), req).await?,
     };
     Ok(Some(answer))
+}
+
+/// Sends the client's request as it is to any broker of cluster `ci`.
+pub async fn to_any(
+    gw: &Gateway,
+    conns: &mut SessionConns,
+    ci: usize,
+    req: Request,
+) -> Result<Answer, ProxyError> {
+    let cluster = gw.cluster(ci)?;
+    let broker = BrokerRef {
+        cluster: ci,
+        node: cluster.any_broker(),
+    };
+    Ok(passthrough(conns.send(broker, req.frame).await?))
 }
 
 /// Waits for a backend reply.
@@ -162,17 +174,26 @@ pub fn passthrough(reply: Reply) -> Answer {
 fn api_versions(gw: &Gateway, req: &Request) -> Answer {
     let audit = versions::audited(ApiKey::ApiVersions);
     let max = audit.map_or(0, |a| a.max);
-    let (_, cluster) = gw.backends.primary();
-    let backend = cluster.versions();
+    // Every cluster must speak a version, since any request may reach any of them.
+    // Clusters not bootstrapped yet are left out until they are.
+    let known: Vec<_> = gw
+        .backends
+        .clusters
+        .iter()
+        .map(|c| c.versions())
+        .filter(|v| !v.is_empty())
+        .collect();
     let mut keys = Vec::new();
-    for e in versions::AUDITED {
+    'keys: for e in versions::AUDITED {
         let (mut min, mut max) = (e.min, e.max);
-        if e.key != ApiKey::ApiVersions && !backend.is_empty() {
-            let Some(&(bmin, bmax)) = backend.get(&(e.key as i16)) else {
-                continue;
-            };
-            min = min.max(bmin);
-            max = max.min(bmax);
+        if e.key != ApiKey::ApiVersions {
+            for backend in &known {
+                let Some(&(bmin, bmax)) = backend.get(&(e.key as i16)) else {
+                    continue 'keys;
+                };
+                min = min.max(bmin);
+                max = max.min(bmax);
+            }
         }
         if min <= max {
             keys.push(
@@ -198,7 +219,7 @@ fn api_versions(gw: &Gateway, req: &Request) -> Answer {
 
 /// Forwards the client's frame to `broker` and hands the decoded answer to `edit`
 /// before encoding it back at the client's version.
-async fn forward_rewritten<T, F>(
+pub async fn forward_rewritten<T, F>(
     conns: &mut SessionConns,
     broker: BrokerRef,
     req: &Request,
@@ -219,81 +240,99 @@ where
     }))
 }
 
-async fn metadata(
+/// AddPartitionsToTxn (v0-3): the partitions must all live on the cluster the
+/// transactional id is pinned to; otherwise nothing is added and the transaction
+/// cannot commit, so it never half-commits across clusters.
+async fn add_partitions_to_txn(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    broker: BrokerRef,
-    cluster: Arc<Cluster>,
+    router: &Router,
     req: Request,
 ) -> Result<Answer, ProxyError> {
-    let body: MetadataRequest = req.decode("Metadata request")?;
-    let all_topics = match &body.topics {
-        None => true,
-        Some(t) => t.is_empty() && req.version() == 0,
-    };
-    let gw = gw.clone();
-    forward_rewritten(conns, broker, &req, "Metadata response", move |out: &mut MetadataResponse, _| {
-        cluster.absorb_metadata(out, all_topics);
-        rewrite::metadata(out, &gw, cluster.cluster_id());
-    })
-    .await
-}
-
-async fn find_coordinator(
-    gw: &Arc<Gateway>,
-    conns: &mut SessionConns,
-    broker: BrokerRef,
-    cluster: Arc<Cluster>,
-    req: Request,
-) -> Result<Answer, ProxyError> {
-    let body: FindCoordinatorRequest = req.decode("FindCoordinator request")?;
-    let gw = gw.clone();
-    let edit = move |out: &mut FindCoordinatorResponse, version: i16| {
-        if version < 4 {
-            if out.error_code == 0 {
-                cluster.learn_coordinator(body.key_type, &body.key, out.node_id.0, &out.host, out.port);
+    let mut body: AddPartitionsToTxnRequest = req.decode("AddPartitionsToTxn request")?;
+    let id = body.v3_and_below_transactional_id.0.to_string();
+    let pinned = router.transactional_id(&id);
+    let mut names = Names::default();
+    let mut refused: Vec<(usize, i16)> = Vec::new();
+    for (i, t) in body.v3_and_below_topics.iter().enumerate() {
+        match router.topic(&t.name.0) {
+            Some(target) if target.cluster == pinned => {
+                if target.renamed() {
+                    names.topics.insert(t.name.0.to_string(), target.backend.into_owned());
+                }
             }
-        } else {
-            for c in out.coordinators.iter().filter(|c| c.error_code == 0) {
-                cluster.learn_coordinator(body.key_type, &c.key, c.node_id.0, &c.host, c.port);
+            Some(target) => {
+                let (ours, theirs) = (
+                    gw.cluster(pinned).map_or("?", |c| c.name.as_str()),
+                    gw.cluster(target.cluster).map_or("?", |c| c.name.as_str()),
+                );
+                tracing::warn!(
+                    transactional_id = %id,
+                    topic = %t.name.0,
+                    "transaction pinned to cluster '{ours}' touches a topic of cluster '{theirs}'; refused"
+                );
+                refused.push((i, code::INVALID_TXN_STATE));
             }
+            None => refused.push((i, code::UNKNOWN_TOPIC_OR_PARTITION)),
         }
-        rewrite::find_coordinator(out, &gw);
-    };
-    forward_rewritten(conns, broker, &req, "FindCoordinator response", edit).await
+    }
+    if !refused.is_empty() {
+        let answer = AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
+            body.v3_and_below_topics
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let code = refused
+                        .iter()
+                        .find(|(r, _)| *r == i)
+                        .map_or(code::OPERATION_NOT_ATTEMPTED, |(_, c)| *c);
+                    AddPartitionsToTxnTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_results_by_partition(
+                            t.partitions
+                                .iter()
+                                .map(|&p| {
+                                    AddPartitionsToTxnPartitionResult::default()
+                                        .with_partition_index(p)
+                                        .with_partition_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+        let bytes = encode_response(&answer, req.version(), req.response_header_version(), "AddPartitionsToTxn response")?;
+        return Ok(Box::pin(async move { Ok(bytes) }));
+    }
+    if names.topics.is_empty() {
+        return to_coordinator(gw, conns, pinned, TRANSACTION, id, req).await;
+    }
+    for t in &mut body.v3_and_below_topics {
+        names.topic(&mut t.name.0);
+    }
+    let frame = req.reencode(&body, "AddPartitionsToTxn request")?;
+    let renamed = Request::parse(frame)?;
+    let inner = to_coordinator(gw, conns, pinned, TRANSACTION, id, renamed).await?;
+    let back = names.reversed();
+    let (version, header) = (req.version(), req.response_header_version());
+    Ok(Box::pin(async move {
+        let what = "AddPartitionsToTxn response";
+        let bytes = inner.await?;
+        let mut out: AddPartitionsToTxnResponse = Response { frame: prefixed(&bytes) }.decode(header, version, what)?;
+        for t in &mut out.results_by_topic_v3_and_below {
+            back.topic(&mut t.name.0);
+        }
+        Ok(encode_response(&out, version, header, what)?)
+    }))
 }
 
-async fn describe_cluster(
-    gw: &Arc<Gateway>,
-    conns: &mut SessionConns,
-    broker: BrokerRef,
-    cluster: Arc<Cluster>,
-    req: Request,
-) -> Result<Answer, ProxyError> {
-    let gw = gw.clone();
-    let edit = move |out: &mut DescribeClusterResponse, _| {
-        rewrite::describe_cluster(out, &gw, cluster.cluster_id());
-    };
-    forward_rewritten(conns, broker, &req, "DescribeCluster response", edit).await
-}
-
-/// The consumer group a single-group request is about.
-fn group_key(req: &Request) -> Result<String, ProxyError> {
-    let id = match req.api_key {
-        ApiKey::JoinGroup => req.decode::<JoinGroupRequest>("JoinGroup request")?.group_id,
-        ApiKey::SyncGroup => req.decode::<SyncGroupRequest>("SyncGroup request")?.group_id,
-        ApiKey::Heartbeat => req.decode::<HeartbeatRequest>("Heartbeat request")?.group_id,
-        ApiKey::LeaveGroup => req.decode::<LeaveGroupRequest>("LeaveGroup request")?.group_id,
-        ApiKey::OffsetCommit => req.decode::<OffsetCommitRequest>("OffsetCommit request")?.group_id,
-        ApiKey::OffsetDelete => req.decode::<OffsetDeleteRequest>("OffsetDelete request")?.group_id,
-        ApiKey::TxnOffsetCommit => {
-            req.decode::<TxnOffsetCommitRequest>("TxnOffsetCommit request")?
-                .group_id
-        }
-        ApiKey::OffsetFetch => req.decode::<OffsetFetchRequest>("OffsetFetch request")?.group_id,
-        _ => return Err(BackendError::Internal("no group in this request").into()),
-    };
-    Ok(id.0.to_string())
+/// An answer's bytes with a correlation id in front again, to decode them as a
+/// backend response.
+fn prefixed(after_correlation_id: &Bytes) -> Bytes {
+    let mut out = Vec::with_capacity(after_correlation_id.len() + 4);
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(after_correlation_id);
+    Bytes::from(out)
 }
 
 /// The transactional id a transaction request is about.
@@ -315,14 +354,15 @@ fn transaction_key(req: &Request) -> Result<String, ProxyError> {
 
 /// Sends a request to the coordinator of `key`. If the coordinator cannot be found,
 /// any broker gets it and answers with the coordinator error the client expects.
-async fn to_coordinator(
+pub async fn to_coordinator(
+    gw: &Gateway,
     conns: &mut SessionConns,
     ci: usize,
-    cluster: Arc<Cluster>,
     key_type: i8,
     key: String,
     req: Request,
 ) -> Result<Answer, ProxyError> {
+    let cluster = gw.cluster(ci)?.clone();
     let node = match cluster.coordinator(key_type, &key).await {
         Ok(node) => node,
         Err(e) => {
@@ -340,7 +380,7 @@ async fn to_coordinator(
     }))
 }
 
-fn decode_kind(api: ApiKey, version: i16, resp: &Response) -> Option<ResponseKind> {
+pub fn decode_kind(api: ApiKey, version: i16, resp: &Response) -> Option<ResponseKind> {
     let mut body = resp.body(api.response_header_version(version)).ok()?;
     ResponseKind::decode(api, &mut body, version).ok()
 }
@@ -380,180 +420,3 @@ fn coordinator_moved(api: ApiKey, version: i16, resp: &Response) -> bool {
     }
 }
 
-/// Whether a controller-routed response says the controller moved.
-fn controller_moved(api: ApiKey, version: i16, resp: &Response) -> bool {
-    let moved = |c: i16| c == code::NOT_CONTROLLER;
-    match decode_kind(api, version, resp) {
-        Some(ResponseKind::CreateTopics(r)) => r.topics.iter().any(|t| moved(t.error_code)),
-        Some(ResponseKind::DeleteTopics(r)) => r.responses.iter().any(|t| moved(t.error_code)),
-        Some(ResponseKind::CreatePartitions(r)) => r.results.iter().any(|t| moved(t.error_code)),
-        Some(ResponseKind::ElectLeaders(r)) => moved(r.error_code),
-        _ => false,
-    }
-}
-
-/// Requests about several groups (DescribeGroups, DeleteGroups, OffsetFetch v8+):
-/// one request per coordinator, answers merged.
-async fn groups(
-    conns: &mut SessionConns,
-    ci: usize,
-    cluster: Arc<Cluster>,
-    req: Request,
-) -> Result<Answer, ProxyError> {
-    if req.api_key == ApiKey::OffsetFetch && req.version() < 8 {
-        let key = group_key(&req)?;
-        return to_coordinator(conns, ci, cluster, GROUP, key, req).await;
-    }
-    let names: Vec<String> = match req.api_key {
-        ApiKey::DescribeGroups => req
-            .decode::<DescribeGroupsRequest>("DescribeGroups request")?
-            .groups
-            .iter()
-            .map(|g| g.0.to_string())
-            .collect(),
-        ApiKey::DeleteGroups => req
-            .decode::<DeleteGroupsRequest>("DeleteGroups request")?
-            .groups_names
-            .iter()
-            .map(|g| g.0.to_string())
-            .collect(),
-        ApiKey::OffsetFetch => req
-            .decode::<OffsetFetchRequest>("OffsetFetch request")?
-            .groups
-            .iter()
-            .map(|g| g.group_id.0.to_string())
-            .collect(),
-        _ => return Err(BackendError::Internal("not a multi-group request").into()),
-    };
-    let mut by_node: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for (i, name) in names.iter().enumerate() {
-        let node = match cluster.coordinator(GROUP, name).await {
-            Ok(n) => n,
-            Err(_) => cluster.any_broker(),
-        };
-        by_node.entry(node).or_default().push(i);
-    }
-    let mut parts = Vec::new();
-    if by_node.len() <= 1 {
-        let node = by_node.keys().next().copied().unwrap_or_else(|| cluster.any_broker());
-        let reply = conns.send(BrokerRef { cluster: ci, node }, req.frame.clone()).await?;
-        parts.push(reply);
-    } else {
-        for (&node, keep) in &by_node {
-            let frame = match req.api_key {
-                ApiKey::DescribeGroups => {
-                    let mut body: DescribeGroupsRequest = req.decode("DescribeGroups request")?;
-                    body.groups = keep.iter().filter_map(|&i| body.groups.get(i).cloned()).collect();
-                    req.reencode(&body, "DescribeGroups request")?
-                }
-                ApiKey::DeleteGroups => {
-                    let mut body: DeleteGroupsRequest = req.decode("DeleteGroups request")?;
-                    body.groups_names = keep
-                        .iter()
-                        .filter_map(|&i| body.groups_names.get(i).cloned())
-                        .collect();
-                    req.reencode(&body, "DeleteGroups request")?
-                }
-                _ => {
-                    let mut body: OffsetFetchRequest = req.decode("OffsetFetch request")?;
-                    body.groups = keep.iter().filter_map(|&i| body.groups.get(i).cloned()).collect();
-                    req.reencode(&body, "OffsetFetch request")?
-                }
-            };
-            parts.push(conns.send(BrokerRef { cluster: ci, node }, frame).await?);
-        }
-    }
-    Ok(Box::pin(async move {
-        let (api, version, header) = (req.api_key, req.version(), req.response_header_version());
-        let mut responses = Vec::with_capacity(parts.len());
-        for reply in parts {
-            responses.push(await_reply(reply).await?);
-        }
-        if let [only] = responses.as_slice() {
-            forget_moved_groups(&cluster, api, version, only);
-            return Ok(only.after_correlation_id());
-        }
-        let merged: Bytes = match api {
-            ApiKey::DescribeGroups => {
-                let mut acc = DescribeGroupsResponse::default();
-                for r in &responses {
-                    let part: DescribeGroupsResponse = r.decode(header, version, "DescribeGroups response")?;
-                    acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-                    acc.groups.extend(part.groups);
-                }
-                encode_response(&acc, version, header, "DescribeGroups response")?
-            }
-            ApiKey::DeleteGroups => {
-                let mut acc = DeleteGroupsResponse::default();
-                for r in &responses {
-                    let part: DeleteGroupsResponse = r.decode(header, version, "DeleteGroups response")?;
-                    acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-                    acc.results.extend(part.results);
-                }
-                encode_response(&acc, version, header, "DeleteGroups response")?
-            }
-            _ => {
-                let mut acc = OffsetFetchResponse::default();
-                for r in &responses {
-                    let part: OffsetFetchResponse = r.decode(header, version, "OffsetFetch response")?;
-                    acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-                    acc.groups.extend(part.groups);
-                }
-                encode_response(&acc, version, header, "OffsetFetch response")?
-            }
-        };
-        for r in &responses {
-            forget_moved_groups(&cluster, api, version, r);
-        }
-        Ok(merged)
-    }))
-}
-
-fn forget_moved_groups(cluster: &Cluster, api: ApiKey, version: i16, resp: &Response) {
-    let moved = code::coordinator_moved;
-    match decode_kind(api, version, resp) {
-        Some(ResponseKind::DescribeGroups(r)) => {
-            for g in r.groups.iter().filter(|g| moved(g.error_code)) {
-                cluster.forget_coordinator(GROUP, &g.group_id.0);
-            }
-        }
-        Some(ResponseKind::DeleteGroups(r)) => {
-            for g in r.results.iter().filter(|g| moved(g.error_code)) {
-                cluster.forget_coordinator(GROUP, &g.group_id.0);
-            }
-        }
-        Some(ResponseKind::OffsetFetch(r)) => {
-            for g in r.groups.iter().filter(|g| moved(g.error_code)) {
-                cluster.forget_coordinator(GROUP, &g.group_id.0);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// ListGroups goes to every broker; the answers are merged.
-async fn list_groups(
-    conns: &mut SessionConns,
-    ci: usize,
-    cluster: Arc<Cluster>,
-    req: Request,
-) -> Result<Answer, ProxyError> {
-    let mut parts = Vec::new();
-    for node in cluster.broker_ids() {
-        parts.push(conns.send(BrokerRef { cluster: ci, node }, req.frame.clone()).await?);
-    }
-    Ok(Box::pin(async move {
-        let (version, header) = (req.version(), req.response_header_version());
-        let mut acc = ListGroupsResponse::default();
-        for reply in parts {
-            let resp = await_reply(reply).await?;
-            let part: ListGroupsResponse = resp.decode(header, version, "ListGroups response")?;
-            if acc.error_code == 0 {
-                acc.error_code = part.error_code;
-            }
-            acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
-            acc.groups.extend(part.groups);
-        }
-        Ok(encode_response(&acc, version, header, "ListGroups response")?)
-    }))
-}

@@ -6,19 +6,23 @@
 //! connections of the session -> [`rewrite`] and [`partitioned`] turn backend answers
 //! into answers from Causeway's own broker.
 
+pub mod groups;
 pub mod handlers;
+pub mod metadata;
 pub mod partitioned;
 pub mod rewrite;
 pub mod session;
+pub mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::backend::{BackendError, Backends};
+use crate::backend::{BackendError, Backends, Cluster};
 use crate::codec::CodecError;
 use crate::config::Config;
+use crate::routing::{Router, RouterCell};
 
 /// The broker Causeway presents to clients, and what sits behind it.
 #[derive(Debug)]
@@ -30,20 +34,39 @@ pub struct Gateway {
     pub max_frame: usize,
     pub max_in_flight: usize,
     pub backends: Backends,
+    /// Where topics, groups and transactional ids live; swapped by route changes.
+    pub router: Arc<RouterCell>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, backends: Backends) -> Self {
+    pub fn new(config: &Config, backends: Backends, router: Arc<RouterCell>) -> Self {
         let (host, port) = config.advertised();
+        // Several clusters have several ids; clients get one of Causeway's own.
+        let cluster_id = config.gateway.cluster_id.clone().or_else(|| {
+            (config.clusters.len() > 1).then(|| format!("causeway-{}", config.cluster_names().join("-")))
+        });
         Self {
             node_id: config.gateway.node_id,
             host,
             port,
-            cluster_id: config.gateway.cluster_id.clone(),
+            cluster_id,
             max_frame: config.gateway.max_frame_bytes,
             max_in_flight: config.gateway.max_in_flight,
             backends,
+            router,
         }
+    }
+
+    /// The routes in force now.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.get()
+    }
+
+    /// Cluster `index`, which the router only ever names within range.
+    pub fn cluster(&self, index: usize) -> Result<&Arc<Cluster>, ProxyError> {
+        self.backends
+            .cluster(index)
+            .ok_or(ProxyError::Backend(BackendError::Internal("route names an unknown cluster")))
     }
 
     /// A gateway node with no backend behind it: for tests and fuzzing of the
@@ -57,6 +80,7 @@ impl Gateway {
             max_frame: 1 << 20,
             max_in_flight: 8,
             backends: Backends { clusters: Vec::new() },
+            router: Arc::new(RouterCell::new(Router::new(&[], &["test".into()]))),
         }
     }
 

@@ -12,7 +12,7 @@
 //! NOT_LEADER_OR_FOLLOWER: the client refreshes metadata and retries, as it would
 //! after losing a broker, while the other partitions' answers are kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kafka_protocol::messages::{
@@ -30,22 +30,83 @@ use super::session::Answer;
 use super::{Gateway, ProxyError};
 use crate::backend::{BrokerRef, Cluster, SessionConns};
 use crate::codec::{batches, encode_response, Request};
+use crate::routing::Router;
 
 /// How a request names a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TopicKey {
     Name(String),
     Id(Uuid),
+    /// Not about a topic (a broker config, say): the default cluster takes it.
+    Default,
 }
 
 /// (topic index, partition index) positions within a request.
 pub type Positions = Vec<(usize, usize)>;
+
+/// Which broker of its cluster a part of a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The partition's leader.
+    Leader,
+    /// The controller (topic creation and deletion, partition changes).
+    Controller,
+    /// Any broker.
+    Any,
+}
+
+/// Names as one backend knows them, for the part of a request sent there.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// Client-visible topic name to backend name, only where they differ.
+    pub topics: HashMap<String, String>,
+    /// Causeway's node id and the backend broker's, for broker resources.
+    pub node: Option<(String, String)>,
+}
+
+impl Names {
+    /// The reverse mapping, for the answer.
+    pub fn reversed(&self) -> Self {
+        Self {
+            topics: self.topics.iter().map(|(a, b)| (b.clone(), a.clone())).collect(),
+            node: self.node.as_ref().map(|(a, b)| (b.clone(), a.clone())),
+        }
+    }
+
+    /// Renames a topic in place; whether it changed.
+    pub fn topic(&self, name: &mut StrBytes) -> bool {
+        match self.topics.get(name.as_str()) {
+            Some(to) => {
+                *name = StrBytes::from_string(to.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Renames a broker resource in place; whether it changed.
+    pub fn broker(&self, name: &mut StrBytes) -> bool {
+        match &self.node {
+            Some((from, to)) if name.as_str() == from => {
+                *name = StrBytes::from_string(to.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+}
 
 /// What the split-and-merge machinery needs from one partition-routed API.
 pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     type Resp: Decodable + Encodable + Default + Send;
     const WHAT: &'static str;
     const RESP_WHAT: &'static str;
+    /// Which broker takes each part.
+    const PLACE: Place = Place::Leader;
+    /// The error for a topic no route leads to.
+    const NO_ROUTE: i16 = code::UNKNOWN_TOPIC_OR_PARTITION;
+    /// The error for partitions whose backend cannot be reached: retriable.
+    const UNREACHABLE: i16 = code::NOT_LEADER_OR_FOLLOWER;
 
     /// The topics in request order, each with its partition ids in order.
     fn keys(&self) -> Vec<(TopicKey, Vec<i32>)>;
@@ -55,8 +116,23 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn merge(acc: &mut Self::Resp, part: Self::Resp);
     /// An answer for `keep` in which every partition carries `code`.
     fn failed(&self, keep: &Positions, code: i16) -> Self::Resp;
+    /// Like [`Split::failed`], with a message where the API carries one.
+    fn failed_with(&self, keep: &Positions, code: i16, _message: &str) -> Self::Resp {
+        self.failed(keep, code)
+    }
     /// Whether the answer reports leaders that moved.
     fn leaders_moved(resp: &Self::Resp) -> bool;
+    /// Renames topics (and broker resources) to the backend's names; whether
+    /// anything changed.
+    fn rename(&mut self, _names: &Names) -> bool {
+        false
+    }
+    /// Renames an answer's topics back to the client's names.
+    fn rename_back(_resp: &mut Self::Resp, _names: &Names) {}
+    /// Whether [`Split::rename`] may change something even with no topic renamed.
+    fn renames_brokers(&self) -> bool {
+        false
+    }
     /// Replaces leader hints with Causeway's node and completes what the backend
     /// left out; whether anything changed.
     fn rewrite(&self, _resp: &mut Self::Resp, _gw: &Gateway) -> bool {
@@ -79,61 +155,142 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
 pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    ci: usize,
-    cluster: Arc<Cluster>,
+    router: &Router,
     req: Request,
 ) -> Result<Option<super::session::Answer>, ProxyError> {
     match req.api_key {
-        ApiKey::Produce => route::<ProduceRequest>(gw, conns, ci, cluster, req).await,
-        ApiKey::Fetch => route::<FetchRequest>(gw, conns, ci, cluster, req).await,
-        ApiKey::ListOffsets => route::<ListOffsetsRequest>(gw, conns, ci, cluster, req).await,
+        ApiKey::Produce => route::<ProduceRequest>(gw, conns, router, req).await,
+        ApiKey::Fetch => route::<FetchRequest>(gw, conns, router, req).await,
+        ApiKey::ListOffsets => route::<ListOffsetsRequest>(gw, conns, router, req).await,
         ApiKey::OffsetForLeaderEpoch => {
-            route::<OffsetForLeaderEpochRequest>(gw, conns, ci, cluster, req).await
+            route::<OffsetForLeaderEpochRequest>(gw, conns, router, req).await
         }
-        _ => route::<DeleteRecordsRequest>(gw, conns, ci, cluster, req).await,
+        _ => route::<DeleteRecordsRequest>(gw, conns, router, req).await,
     }
 }
 
-/// Groups the request's partitions by backend leader.
-async fn plan(cluster: &Arc<Cluster>, keys: &[(TopicKey, Vec<i32>)]) -> BTreeMap<i32, Positions> {
-    let resolve = |cluster: &Cluster| -> (BTreeMap<i32, Positions>, Vec<String>, bool) {
-        let mut by_leader: BTreeMap<i32, Positions> = BTreeMap::new();
-        let mut unknown = Vec::new();
-        let mut unknown_id = false;
-        let any = cluster.any_broker();
+/// Where each part of a request goes.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Positions per backend broker.
+    pub brokers: BTreeMap<BrokerRef, Positions>,
+    /// Positions answered by Causeway itself, with the error code and a message.
+    pub local: Vec<(i16, String, Positions)>,
+    /// Renamed topics per cluster.
+    pub renames: HashMap<usize, HashMap<String, String>>,
+}
+
+impl Plan {
+    fn fail(&mut self, code: i16, message: String, at: (usize, usize)) {
+        match self.local.iter_mut().find(|(c, m, _)| *c == code && *m == message) {
+            Some((_, _, keep)) => keep.push(at),
+            None => self.local.push((code, message, vec![at])),
+        }
+    }
+
+    /// The backend names for the part going to `cluster`.
+    pub fn names(&self, broker: BrokerRef, gw_node: i32) -> Names {
+        Names {
+            topics: self.renames.get(&broker.cluster).cloned().unwrap_or_default(),
+            node: Some((gw_node.to_string(), broker.node.to_string())),
+        }
+    }
+}
+
+/// Finds the cluster, backend name and broker of every partition in `keys`.
+pub async fn plan(gw: &Gateway, router: &Router, keys: &[(TopicKey, Vec<i32>)], place: Place, no_route: i16, unreachable: i16) -> Plan {
+    let mut refreshed = false;
+    loop {
+        let mut out = Plan::default();
+        // Topics whose partitions are not known yet, per cluster; None: ask for all.
+        let mut unknown: BTreeMap<usize, Option<Vec<String>>> = BTreeMap::new();
         for (ti, (topic, partitions)) in keys.iter().enumerate() {
-            let name = match topic {
-                TopicKey::Name(n) => Some(n.clone()),
-                TopicKey::Id(id) => cluster.topic_name(id),
-            };
-            for (pi, &p) in partitions.iter().enumerate() {
-                let leader = name.as_deref().and_then(|n| cluster.leader(n, p));
-                if leader.is_none() {
-                    match &name {
-                        Some(n) if !unknown.contains(n) => unknown.push(n.clone()),
-                        Some(_) => {}
-                        None => unknown_id = true,
+            let (ci, backend) = match topic {
+                TopicKey::Name(n) => match router.topic(n) {
+                    Some(t) => {
+                        if t.renamed() {
+                            out.renames.entry(t.cluster).or_default().insert(n.clone(), t.backend.to_string());
+                        }
+                        (t.cluster, Some(t.backend.into_owned()))
                     }
+                    None => {
+                        for pi in 0..partitions.len() {
+                            out.fail(no_route, format!("Causeway has no route for topic '{n}'"), (ti, pi));
+                        }
+                        continue;
+                    }
+                },
+                TopicKey::Id(id) => match find_id(gw, router, id) {
+                    Some((ci, name)) => (ci, Some(name)),
+                    None if refreshed => {
+                        for pi in 0..partitions.len() {
+                            out.fail(code::UNKNOWN_TOPIC_ID, format!("unknown topic id {id}"), (ti, pi));
+                        }
+                        continue;
+                    }
+                    None => {
+                        for ci in 0..gw.backends.clusters.len() {
+                            unknown.insert(ci, None);
+                        }
+                        continue;
+                    }
+                },
+                TopicKey::Default => (router.default_cluster(), None),
+            };
+            let Some(cluster) = gw.backends.cluster(ci) else { continue };
+            if !cluster.is_ready() {
+                for pi in 0..partitions.len() {
+                    out.fail(unreachable, format!("cluster '{}' is unreachable", cluster.name), (ti, pi));
                 }
-                by_leader.entry(leader.unwrap_or(any)).or_default().push((ti, pi));
+                continue;
+            }
+            for (pi, &p) in partitions.iter().enumerate() {
+                let node = match (place, &backend) {
+                    (Place::Leader, Some(name)) => match cluster.leader(name, p) {
+                        Some(leader) => leader,
+                        None if refreshed => cluster.any_broker(),
+                        None => {
+                            match unknown.entry(ci).or_insert_with(|| Some(Vec::new())) {
+                                Some(list) if !list.contains(name) => list.push(name.clone()),
+                                _ => {}
+                            }
+                            cluster.any_broker()
+                        }
+                    },
+                    (Place::Controller, _) => cluster.controller(),
+                    _ => cluster.any_broker(),
+                };
+                out.brokers.entry(BrokerRef { cluster: ci, node }).or_default().push((ti, pi));
             }
         }
-        (by_leader, unknown, unknown_id)
-    };
-    let (by_leader, unknown, unknown_id) = resolve(cluster);
-    if unknown.is_empty() && !unknown_id {
-        if cluster.needs_refresh() {
-            refresh_in_background(cluster.clone());
+        if unknown.is_empty() || refreshed {
+            for c in &gw.backends.clusters {
+                if c.is_ready() && c.needs_refresh() {
+                    refresh_in_background(c.clone());
+                }
+            }
+            return out;
         }
-        return by_leader;
+        // Partitions Causeway has not seen: learn them now, then route again.
+        // Whatever is still unknown goes to any broker, which answers the proper error.
+        for (ci, topics) in unknown {
+            if let Some(cluster) = gw.backends.cluster(ci) {
+                if let Err(e) = cluster.refresh(topics).await {
+                    tracing::debug!(cluster = %cluster.name, error = %e, "metadata refresh failed");
+                }
+            }
+        }
+        refreshed = true;
     }
-    // Partitions Causeway has not seen: learn them now, then route. Whatever is still
-    // unknown goes to any broker, which answers with the proper error.
-    let topics = if unknown_id { None } else { Some(unknown) };
-    if let Err(e) = cluster.refresh(topics).await {
-        tracing::debug!(cluster = %cluster.name, error = %e, "metadata refresh failed");
-    }
-    resolve(cluster).0
+}
+
+/// The cluster and backend name of a topic id clients may see.
+fn find_id(gw: &Gateway, router: &Router, id: &Uuid) -> Option<(usize, String)> {
+    gw.backends.clusters.iter().enumerate().find_map(|(ci, c)| {
+        let name = c.topic_name(id)?;
+        router.client_name(ci, &name)?;
+        Some((ci, name))
+    })
 }
 
 fn refresh_in_background(cluster: Arc<Cluster>) {
@@ -148,42 +305,64 @@ fn refresh_in_background(cluster: Arc<Cluster>) {
     });
 }
 
-async fn route<T: Split>(
+/// Splits a request by backend broker, sends the parts, and merges the answers.
+pub async fn route<T: Split>(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    ci: usize,
-    cluster: Arc<Cluster>,
+    router: &Router,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let mut body: T = req.decode(T::WHAT)?;
     let changed = body.prepare(req.version());
     let keys = body.keys();
-    let by_leader = plan(&cluster, &keys).await;
+    let plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE).await;
     let expects = body.expects_response();
 
-    let mut parts = Vec::with_capacity(by_leader.len());
-    let single = by_leader.len() <= 1;
-    if by_leader.is_empty() {
-        // No partitions at all: any broker answers the empty request.
+    let mut sent = Vec::with_capacity(plan.brokers.len());
+    let mut local: Vec<(i16, String, Positions)> = plan.local.clone();
+    let single = plan.brokers.len() == 1 && local.is_empty();
+    if plan.brokers.is_empty() && local.is_empty() {
+        // No partitions at all: a broker of the default cluster answers the empty request.
+        let ci = router.default_cluster();
+        let cluster = gw.cluster(ci)?;
         let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
         let frame = if changed { req.reencode(&body, T::WHAT)? } else { req.frame.clone() };
         if !expects {
-            conns.send_oneway(broker, frame).await?;
+            let _ = conns.send_oneway(broker, frame).await;
             return Ok(None);
         }
-        parts.push((Positions::new(), conns.send(broker, frame).await?));
+        match conns.send(broker, frame).await {
+            Ok(reply) => sent.push((broker, Positions::new(), Names::default(), reply)),
+            Err(e) => return Err(e.into()),
+        }
     }
-    for (node, keep) in by_leader {
-        let broker = BrokerRef { cluster: ci, node };
-        let frame = if single && !changed {
+    for (broker, keep) in &plan.brokers {
+        let names = plan.names(*broker, gw.node_id);
+        let mut renamed = false;
+        let frame = if single && !changed && names.topics.is_empty() && !body.renames_brokers() {
             req.frame.clone()
         } else {
-            req.reencode(&body.subset(&keep), T::WHAT)?
+            let mut part = body.subset(keep);
+            renamed = part.rename(&names);
+            req.reencode(&part, T::WHAT)?
         };
-        if expects {
-            parts.push((keep, conns.send(broker, frame).await?));
+        let names = if renamed { names.reversed() } else { Names::default() };
+        let outcome = if expects {
+            conns.send(*broker, frame).await.map(Some)
         } else {
-            conns.send_oneway(broker, frame).await?;
+            conns.send_oneway(*broker, frame).await.map(|()| None)
+        };
+        match outcome {
+            Ok(Some(reply)) => sent.push((*broker, keep.clone(), names, reply)),
+            Ok(None) => {}
+            Err(e) => {
+                let cluster = gw.backends.cluster(broker.cluster).map_or("?", |c| c.name.as_str());
+                tracing::warn!(cluster, error = %e, "cannot send to backend; answering its partitions with a retriable error");
+                if let Some(c) = gw.backends.cluster(broker.cluster) {
+                    c.mark_stale();
+                }
+                local.push((T::UNREACHABLE, format!("cluster '{cluster}' is unreachable"), keep.clone()));
+            }
         }
     }
     if !expects {
@@ -195,27 +374,40 @@ async fn route<T: Split>(
 
     let gw = gw.clone();
     Ok(Some(Box::pin(async move {
-        let only_one = parts.len() == 1;
+        let only_one = sent.len() == 1 && local.is_empty();
         let mut acc = T::Resp::default();
-        for (keep, reply) in parts {
+        for (broker, keep, names, reply) in sent {
+            let cluster = gw.backends.cluster(broker.cluster).cloned();
             match await_reply(reply).await {
                 Ok(resp) => {
                     let mut part: T::Resp = resp.decode(header, version, T::RESP_WHAT)?;
                     if T::leaders_moved(&part) {
-                        cluster.mark_stale();
+                        if let Some(c) = &cluster {
+                            c.mark_stale();
+                        }
+                    }
+                    let renamed = !names.topics.is_empty() || names.node.is_some();
+                    if renamed {
+                        T::rename_back(&mut part, &names);
                     }
                     let rewritten = body.rewrite(&mut part, &gw);
-                    if only_one && !rewritten {
+                    if only_one && !rewritten && !renamed {
                         return Ok(resp.after_correlation_id());
                     }
                     T::merge(&mut acc, part);
                 }
                 Err(e) => {
-                    tracing::warn!(cluster = %cluster.name, error = %e, partitions = keep.len(), "backend failed; answering its partitions with NOT_LEADER_OR_FOLLOWER");
-                    cluster.mark_stale();
-                    T::merge(&mut acc, body.failed(&keep, code::NOT_LEADER_OR_FOLLOWER));
+                    let name = cluster.as_ref().map_or("?", |c| c.name.as_str());
+                    tracing::warn!(cluster = name, error = %e, partitions = keep.len(), "backend failed; answering its partitions with a retriable error");
+                    if let Some(c) = &cluster {
+                        c.mark_stale();
+                    }
+                    T::merge(&mut acc, body.failed(&keep, T::UNREACHABLE));
                 }
             }
+        }
+        for (code, message, keep) in local {
+            T::merge(&mut acc, body.failed_with(&keep, code, &message));
         }
         Ok(encode_response(&acc, version, header, T::RESP_WHAT)?)
     })))
@@ -356,6 +548,20 @@ impl Split for ProduceRequest {
         changed
     }
 
+    fn rename(&mut self, names: &Names) -> bool {
+        let mut changed = false;
+        for t in &mut self.topic_data {
+            changed |= names.topic(&mut t.name.0);
+        }
+        changed
+    }
+
+    fn rename_back(resp: &mut ProduceResponse, names: &Names) {
+        for t in &mut resp.responses {
+            names.topic(&mut t.name.0);
+        }
+    }
+
     fn expects_response(&self) -> bool {
         self.acks != 0
     }
@@ -401,6 +607,20 @@ impl Split for FetchRequest {
         self.session_epoch = -1;
         self.forgotten_topics_data.clear();
         true
+    }
+
+    fn rename(&mut self, names: &Names) -> bool {
+        let mut changed = false;
+        for t in &mut self.topics {
+            changed |= names.topic(&mut t.topic.0);
+        }
+        changed
+    }
+
+    fn rename_back(resp: &mut FetchResponse, names: &Names) {
+        for t in &mut resp.responses {
+            names.topic(&mut t.topic.0);
+        }
     }
 
     fn merge(acc: &mut FetchResponse, part: FetchResponse) {
@@ -524,6 +744,20 @@ macro_rules! simple_split {
                 let mut out = self.clone();
                 out.topics = pick(&self.topics, keep, |t| &mut t.partitions);
                 out
+            }
+
+            fn rename(&mut self, names: &Names) -> bool {
+                let mut changed = false;
+                for t in &mut self.topics {
+                    changed |= names.topic(&mut t.$topic.0);
+                }
+                changed
+            }
+
+            fn rename_back(resp: &mut $resp, names: &Names) {
+                for t in &mut resp.topics {
+                    names.topic(&mut t.$topic.0);
+                }
             }
 
             fn merge(acc: &mut $resp, part: $resp) {

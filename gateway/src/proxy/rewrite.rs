@@ -1,26 +1,15 @@
 //! Address rewriting: every broker, leader, coordinator and controller a client
 //! sees is Causeway's own node, so no backend address ever reaches a client.
 
-use std::sync::Arc;
-
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, BrokerId, DescribeClusterResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, FindCoordinatorResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, MetadataResponse,
+    BrokerId, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse,
 };
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
 use kafka_protocol::protocol::StrBytes;
 
-use super::handlers::await_reply;
-use super::session::Answer;
-use super::{Gateway, ProxyError};
-use crate::backend::{BrokerRef, SessionConns};
-use crate::codec::{encode_response, Request};
+use super::Gateway;
 
-/// Config resource types that name a broker.
-const BROKER: i8 = 4;
-const BROKER_LOGGER: i8 = 8;
 
 impl Gateway {
     fn host_bytes(&self) -> StrBytes {
@@ -94,101 +83,6 @@ pub fn describe_cluster(
     if let Some(id) = gw.shown_cluster_id(Some(body.cluster_id.to_string()).or(backend_cluster_id)) {
         body.cluster_id = id;
     }
-}
-
-/// Renames broker config resources from Causeway's node id to a backend broker's
-/// and back, so `kafka-configs --entity-type brokers --entity-name 0` works.
-pub async fn configs(
-    gw: &Arc<Gateway>,
-    conns: &mut SessionConns,
-    broker: BrokerRef,
-    req: Request,
-) -> Result<Answer, ProxyError> {
-    let ours = gw.node_id.to_string();
-    let theirs = broker.node.to_string();
-    let rename = |t: i8, name: &mut StrBytes| {
-        if (t == BROKER || t == BROKER_LOGGER) && name.as_str() == ours {
-            *name = StrBytes::from_string(theirs.clone());
-            true
-        } else {
-            false
-        }
-    };
-    let frame = match req.api_key {
-        kafka_protocol::messages::ApiKey::DescribeConfigs => {
-            let mut body: DescribeConfigsRequest = req.decode("DescribeConfigs request")?;
-            let mut changed = false;
-            for r in &mut body.resources {
-                changed |= rename(r.resource_type, &mut r.resource_name);
-            }
-            changed
-                .then(|| req.reencode(&body, "DescribeConfigs request"))
-                .transpose()?
-        }
-        kafka_protocol::messages::ApiKey::AlterConfigs => {
-            let mut body: AlterConfigsRequest = req.decode("AlterConfigs request")?;
-            let mut changed = false;
-            for r in &mut body.resources {
-                changed |= rename(r.resource_type, &mut r.resource_name);
-            }
-            changed
-                .then(|| req.reencode(&body, "AlterConfigs request"))
-                .transpose()?
-        }
-        _ => {
-            let mut body: IncrementalAlterConfigsRequest =
-                req.decode("IncrementalAlterConfigs request")?;
-            let mut changed = false;
-            for r in &mut body.resources {
-                changed |= rename(r.resource_type, &mut r.resource_name);
-            }
-            changed
-                .then(|| req.reencode(&body, "IncrementalAlterConfigs request"))
-                .transpose()?
-        }
-    };
-    let renamed = frame.is_some();
-    let reply = conns
-        .send(broker, frame.unwrap_or_else(|| req.frame.clone()))
-        .await?;
-    Ok(Box::pin(async move {
-        let resp = await_reply(reply).await?;
-        if !renamed {
-            return Ok(resp.after_correlation_id());
-        }
-        let (version, header) = (req.version(), req.response_header_version());
-        let back = |t: i8, name: &mut StrBytes| {
-            if (t == BROKER || t == BROKER_LOGGER) && name.as_str() == theirs {
-                *name = StrBytes::from_string(ours.clone());
-            }
-        };
-        Ok(match req.api_key {
-            kafka_protocol::messages::ApiKey::DescribeConfigs => {
-                let mut out: DescribeConfigsResponse =
-                    resp.decode(header, version, "DescribeConfigs response")?;
-                for r in &mut out.results {
-                    back(r.resource_type, &mut r.resource_name);
-                }
-                encode_response(&out, version, header, "DescribeConfigs response")?
-            }
-            kafka_protocol::messages::ApiKey::AlterConfigs => {
-                let mut out: AlterConfigsResponse =
-                    resp.decode(header, version, "AlterConfigs response")?;
-                for r in &mut out.responses {
-                    back(r.resource_type, &mut r.resource_name);
-                }
-                encode_response(&out, version, header, "AlterConfigs response")?
-            }
-            _ => {
-                let mut out: IncrementalAlterConfigsResponse =
-                    resp.decode(header, version, "IncrementalAlterConfigs response")?;
-                for r in &mut out.responses {
-                    back(r.resource_type, &mut r.resource_name);
-                }
-                encode_response(&out, version, header, "IncrementalAlterConfigs response")?
-            }
-        })
-    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,334 @@
+//! The view of the virtual cluster: Metadata, FindCoordinator and DescribeCluster.
+//!
+//! Metadata asks each cluster for the topics routed to it (under their backend
+//! names), keeps only topics a route leads to, gives them their client-visible names,
+//! and merges the answers into one cluster whose only broker is Causeway. A cluster
+//! that cannot be reached answers for its topics with LEADER_NOT_AVAILABLE from the
+//! last copy Causeway holds, so clients retry instead of forgetting the topics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::{MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::protocol::StrBytes;
+
+use super::handlers::{await_reply, code, forward_rewritten, GROUP};
+use super::session::Answer;
+use super::{rewrite, Gateway, ProxyError};
+use crate::backend::{BrokerRef, Cluster, Reply, SessionConns};
+use crate::codec::{encode_response, Request};
+use crate::routing::Router;
+
+/// What one cluster is asked in a Metadata request.
+struct Ask {
+    /// `None`: every topic.
+    topics: Option<Vec<MetadataRequestTopic>>,
+    /// Backend name to client name, for the topics asked by name.
+    names: HashMap<String, String>,
+}
+
+pub async fn metadata(
+    gw: &Arc<Gateway>,
+    conns: &mut SessionConns,
+    router: &Router,
+    req: Request,
+) -> Result<Answer, ProxyError> {
+    let body: MetadataRequest = req.decode("Metadata request")?;
+    let all = match &body.topics {
+        None => true,
+        Some(t) => t.is_empty() && req.version() == 0,
+    };
+    let mut asks: BTreeMap<usize, Ask> = BTreeMap::new();
+    // Topics answered by Causeway itself: (name or id, error code).
+    let mut local: Vec<MetadataResponseTopic> = Vec::new();
+    if all {
+        for ci in 0..gw.backends.clusters.len() {
+            asks.insert(ci, Ask { topics: None, names: HashMap::new() });
+        }
+    } else {
+        for t in body.topics.iter().flatten() {
+            let (ci, backend, client) = match &t.name {
+                Some(name) => match router.topic(&name.0) {
+                    Some(target) => (target.cluster, target.backend.to_string(), name.0.to_string()),
+                    None => {
+                        local.push(
+                            MetadataResponseTopic::default()
+                                .with_name(Some(name.clone()))
+                                .with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION),
+                        );
+                        continue;
+                    }
+                },
+                None => {
+                    let found = gw.backends.clusters.iter().enumerate().find_map(|(ci, c)| {
+                        let name = c.topic_name(&t.topic_id)?;
+                        let client = router.client_name(ci, &name)?.into_owned();
+                        Some((ci, name, client))
+                    });
+                    match found {
+                        Some(x) => x,
+                        None => {
+                            local.push(
+                                MetadataResponseTopic::default()
+                                    .with_topic_id(t.topic_id)
+                                    .with_error_code(code::UNKNOWN_TOPIC_ID),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            let ask = asks.entry(ci).or_insert_with(|| Ask {
+                topics: Some(Vec::new()),
+                names: HashMap::new(),
+            });
+            if let Some(list) = &mut ask.topics {
+                list.push(
+                    MetadataRequestTopic::default()
+                        .with_topic_id(t.topic_id)
+                        .with_name(Some(TopicName(StrBytes::from_string(backend.clone())))),
+                );
+            }
+            ask.names.insert(backend, client);
+        }
+    }
+    let mut sent: Vec<(usize, Ask, Option<Reply>)> = Vec::new();
+    let single = asks.len() == 1 && local.is_empty();
+    for (ci, ask) in asks {
+        let cluster = gw.cluster(ci)?.clone();
+        let reply = if cluster.is_ready() || gw.backends.clusters.len() == 1 {
+            let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
+            let frame = if single && ask.names.iter().all(|(b, c)| b == c) {
+                req.frame.clone()
+            } else {
+                let mut sub = body.clone();
+                sub.topics.clone_from(&ask.topics);
+                if all && req.version() == 0 {
+                    sub.topics = Some(Vec::new());
+                }
+                req.reencode(&sub, "Metadata request")?
+            };
+            match conns.send(broker, frame).await {
+                Ok(reply) => Some(reply),
+                Err(e) if gw.backends.clusters.len() == 1 => return Err(e.into()),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        sent.push((ci, ask, reply));
+    }
+    let (version, header) = (req.version(), req.response_header_version());
+    let gw = gw.clone();
+    let router = gw.router();
+    Ok(Box::pin(async move {
+        let what = "Metadata response";
+        let mut acc = MetadataResponse::default();
+        let mut first = true;
+        for (ci, ask, reply) in sent {
+            let Some(cluster) = gw.backends.cluster(ci).cloned() else { continue };
+            let part = match reply {
+                Some(reply) => match await_reply(reply).await {
+                    Ok(resp) => Some(resp.decode::<MetadataResponse>(header, version, what)?),
+                    Err(e) if gw.backends.clusters.len() == 1 => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster.name, error = %e, "metadata request failed");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let Some(mut part) = part else {
+                acc.topics.extend(unreachable_topics(&cluster, ci, &ask, &router));
+                continue;
+            };
+            cluster.absorb_metadata(&part, ask.topics.is_none());
+            if first {
+                acc.cluster_id = part.cluster_id.take();
+                acc.cluster_authorized_operations = part.cluster_authorized_operations;
+                acc.error_code = part.error_code;
+                first = false;
+            }
+            acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+            for mut t in part.topics {
+                let Some(name) = &t.name else {
+                    acc.topics.push(t);
+                    continue;
+                };
+                let client = if ask.topics.is_none() {
+                    router.client_name(ci, &name.0).map(|c| c.into_owned())
+                } else {
+                    ask.names.get(name.0.as_str()).cloned()
+                };
+                let Some(client) = client else { continue };
+                if client != name.0.as_str() {
+                    t.name = Some(TopicName(StrBytes::from_string(client)));
+                }
+                acc.topics.push(t);
+            }
+        }
+        acc.topics.extend(local);
+        let backend_id = (gw.backends.clusters.len() == 1)
+            .then(|| gw.backends.clusters.first().and_then(|c| c.cluster_id()))
+            .flatten();
+        if acc.cluster_id.is_none() && version >= 2 {
+            acc.cluster_id = backend_id.clone().map(StrBytes::from_string);
+        }
+        rewrite::metadata(&mut acc, &gw, backend_id);
+        if version < 2 {
+            acc.cluster_id = None;
+        }
+        Ok(encode_response(&acc, version, header, what)?)
+    }))
+}
+
+/// The topics of a cluster that did not answer, from the last copy, each with a
+/// retriable error.
+fn unreachable_topics(cluster: &Cluster, ci: usize, ask: &Ask, router: &Router) -> Vec<MetadataResponseTopic> {
+    let snapshot = cluster.snapshot();
+    let entry = |client: String, backend: &str| {
+        let info = snapshot.topics.get(backend);
+        MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(client))))
+            .with_topic_id(info.map(|i| i.id).unwrap_or_default())
+            .with_error_code(code::LEADER_NOT_AVAILABLE)
+            .with_partitions(
+                info.map(|i| {
+                    (0..i.leaders.len() as i32)
+                        .map(|p| {
+                            MetadataResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(code::LEADER_NOT_AVAILABLE)
+                                .with_leader_id(BrokerId(-1))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            )
+    };
+    match &ask.topics {
+        None => snapshot
+            .topics
+            .keys()
+            .filter_map(|b| Some(entry(router.client_name(ci, b)?.into_owned(), b)))
+            .collect(),
+        Some(_) => ask.names.iter().map(|(b, c)| entry(c.clone(), b)).collect(),
+    }
+}
+
+/// FindCoordinator: a group's coordinator is on its home cluster, a transactional
+/// id's on the cluster it is pinned to. Either way the client is told Causeway.
+pub async fn find_coordinator(
+    gw: &Arc<Gateway>,
+    conns: &mut SessionConns,
+    router: &Router,
+    req: Request,
+) -> Result<Answer, ProxyError> {
+    let body: FindCoordinatorRequest = req.decode("FindCoordinator request")?;
+    let home = |key: &str| {
+        if body.key_type == GROUP {
+            router.group(key)
+        } else {
+            router.transactional_id(key)
+        }
+    };
+    if req.version() < 4 {
+        let ci = home(&body.key);
+        let cluster = gw.cluster(ci)?.clone();
+        if !cluster.is_ready() && gw.backends.clusters.len() > 1 {
+            let out = FindCoordinatorResponse::default()
+                .with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+                .with_error_message(Some(StrBytes::from_string(format!("cluster '{}' is unreachable", cluster.name))))
+                .with_node_id(BrokerId(-1));
+            let bytes = encode_response(&out, req.version(), req.response_header_version(), "FindCoordinator response")?;
+            return Ok(Box::pin(async move { Ok(bytes) }));
+        }
+        let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
+        let gw = gw.clone();
+        let edit = move |out: &mut FindCoordinatorResponse, _| {
+            if out.error_code == 0 {
+                cluster.learn_coordinator(body.key_type, &body.key, out.node_id.0, &out.host, out.port);
+            }
+            rewrite::find_coordinator(out, &gw);
+        };
+        return forward_rewritten(conns, broker, &req, "FindCoordinator response", edit).await;
+    }
+    // v4+: several keys, perhaps on several clusters.
+    let mut by_cluster: BTreeMap<usize, Vec<StrBytes>> = BTreeMap::new();
+    for key in &body.coordinator_keys {
+        by_cluster.entry(home(key)).or_default().push(key.clone());
+    }
+    let mut sent = Vec::new();
+    let mut down: Vec<(StrBytes, String)> = Vec::new();
+    for (ci, keys) in by_cluster {
+        let cluster = gw.cluster(ci)?.clone();
+        let reply = if cluster.is_ready() || gw.backends.clusters.len() == 1 {
+            let mut sub = body.clone();
+            sub.coordinator_keys.clone_from(&keys);
+            let frame = req.reencode(&sub, "FindCoordinator request")?;
+            conns.send(BrokerRef { cluster: ci, node: cluster.any_broker() }, frame).await.ok()
+        } else {
+            None
+        };
+        match reply {
+            Some(r) => sent.push((cluster, keys, r)),
+            None => down.extend(keys.into_iter().map(|k| (k, cluster.name.clone()))),
+        }
+    }
+    let (version, header) = (req.version(), req.response_header_version());
+    let key_type = body.key_type;
+    let gw = gw.clone();
+    Ok(Box::pin(async move {
+        let what = "FindCoordinator response";
+        let mut acc = FindCoordinatorResponse::default();
+        for (cluster, keys, reply) in sent {
+            match await_reply(reply).await {
+                Ok(resp) => {
+                    let out: FindCoordinatorResponse = resp.decode(header, version, what)?;
+                    acc.throttle_time_ms = acc.throttle_time_ms.max(out.throttle_time_ms);
+                    for c in out.coordinators.iter().filter(|c| c.error_code == 0) {
+                        cluster.learn_coordinator(key_type, &c.key, c.node_id.0, &c.host, c.port);
+                    }
+                    acc.coordinators.extend(out.coordinators);
+                }
+                Err(_) => down.extend(keys.into_iter().map(|k| (k, cluster.name.clone()))),
+            }
+        }
+        for (key, cluster) in down {
+            acc.coordinators.push(
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(-1))
+                    .with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+                    .with_error_message(Some(StrBytes::from_string(format!("cluster '{cluster}' is unreachable")))),
+            );
+        }
+        rewrite::find_coordinator(&mut acc, &gw);
+        Ok(encode_response(&acc, version, header, what)?)
+    }))
+}
+
+/// DescribeCluster: asked of the default cluster, answered as Causeway.
+pub async fn describe_cluster(
+    gw: &Arc<Gateway>,
+    conns: &mut SessionConns,
+    router: &Router,
+    req: Request,
+) -> Result<Answer, ProxyError> {
+    let ci = router.default_cluster();
+    let cluster = gw.cluster(ci)?.clone();
+    let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
+    let gw = gw.clone();
+    let single = gw.backends.clusters.len() == 1;
+    let edit = move |out: &mut DescribeClusterResponse, _| {
+        let backend = single.then(|| cluster.cluster_id()).flatten();
+        rewrite::describe_cluster(out, &gw, backend);
+    };
+    forward_rewritten(conns, broker, &req, "DescribeCluster response", edit).await
+}
