@@ -258,3 +258,149 @@ def watermarks(addr, topic, partition):
         return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
     finally:
         c.close()
+
+
+# --- checking where records landed: straight to a broker, without creating anything ------
+
+
+def produce_confluent_acked(addr, topic, recs, partition=0, extra=None):
+    """Like produce_confluent, returning [(topic, partition, offset)] per record, in
+    order, from the delivery reports."""
+    from confluent_kafka import Producer
+
+    conf = {"bootstrap.servers": addr, "linger.ms": 5}
+    conf.update(extra or {})
+    p = Producer(conf)
+    acked = [None] * len(recs)
+    errors = []
+
+    def done(i):
+        def cb(err, msg):
+            if err is not None:
+                errors.append(err)
+            else:
+                acked[i] = (msg.topic(), msg.partition(), msg.offset())
+
+        return cb
+
+    for i, (key, value, headers) in enumerate(recs):
+        p.produce(topic, key=key, value=value, headers=headers, partition=partition, on_delivery=done(i))
+    left = p.flush(30)
+    assert left == 0, f"{left} records not delivered"
+    assert not errors, errors
+    return acked
+
+
+def produce_kafka_python_acked(addr, topic, recs, partition=0):
+    """Like produce_kafka_python, returning [(topic, partition, offset)] per record."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=addr, linger_ms=5)
+    try:
+        futures = [
+            p.send(topic, key=key, value=value, headers=headers, partition=partition)
+            for key, value, headers in recs
+        ]
+        metas = [f.get(timeout=30) for f in futures]
+    finally:
+        p.close()
+    return [(m.topic, m.partition, m.offset) for m in metas]
+
+
+def list_topics(addr) -> dict[str, int]:
+    """Every topic a broker (or the gateway) lists, with its partition count. Asks for
+    all topics, so nothing is auto-created (tansu creates topics it is asked about)."""
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": addr}).list_topics(timeout=10)
+    return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+
+def read_partition(addr, topic, partition, isolation="read_uncommitted", timeout=20.0):
+    """Every record of one partition, from the beginning to the end the broker reports:
+    [(offset, key, value, headers)]. The topic must exist (checked first: a read of a
+    missing topic would make tansu create it)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    topics = list_topics(addr)
+    assert topic in topics, f"{topic} does not exist at {addr} (has {sorted(topics)})"
+    c = Consumer({
+        "bootstrap.servers": addr,
+        "group.id": f"read-partition-{time.monotonic_ns()}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": isolation,
+        "fetch.wait.max.ms": 100,
+    })
+    c.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            assert time.monotonic() < deadline, f"no end of {topic}[{partition}] at {addr} after {timeout}s"
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    return out
+                raise AssertionError(f"reading {topic}[{partition}] at {addr}: {m.error()}")
+            out.append((m.offset(), m.key(), m.value(), [(k, v) for k, v in (m.headers() or [])]))
+    finally:
+        c.close()
+
+
+def read_topic(addr, topic, isolation="read_uncommitted"):
+    """{partition: [(offset, key, value, headers)]} for every partition of a topic."""
+    count = list_topics(addr)[topic]
+    return {p: read_partition(addr, topic, p, isolation=isolation) for p in range(count)}
+
+
+def group_offsets(addr, group):
+    """{(topic, partition): offset} of every offset the group has committed at `addr`
+    (kafka-python's OffsetFetch for all topics; it never joins the group)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=addr)
+    try:
+        got = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in got.items()}
+
+
+def committed(addr, group, partitions):
+    """{(topic, partition): committed offset, or None} for a group, read with
+    OffsetFetch only: the consumer never subscribes, so it never joins the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(t, p) for t, p in partitions], timeout=15)
+    finally:
+        c.close()
+    for tp in got:
+        assert tp.error is None, tp.error
+    return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in got}
+
+
+def produce_expecting_failure(addr, topic, partition=0, extra=None, flush_timeout=15.0):
+    """Produces one record that should fail. Returns (error, seconds until the
+    producer gave up): the KafkaError from produce() itself or its delivery report."""
+    from confluent_kafka import KafkaException, Producer
+
+    conf = {"bootstrap.servers": addr, "message.timeout.ms": 5000}
+    conf.update(extra or {})
+    p = Producer(conf)
+    errors = []
+    started = time.monotonic()
+    try:
+        p.produce(topic, key=b"k", value=b"doomed", partition=partition,
+                  on_delivery=lambda err, msg: errors.append(err))
+    except KafkaException as e:
+        return e.args[0], time.monotonic() - started
+    left = p.flush(flush_timeout)
+    elapsed = time.monotonic() - started
+    assert left == 0, f"the record was neither delivered nor failed within {flush_timeout}s"
+    assert len(errors) == 1
+    return errors[0], elapsed

@@ -216,3 +216,123 @@ def kcat() -> str:
 
 def node_modules() -> Path:
     return TOOLS / "node" / "node_modules"
+
+
+# --- several clusters behind one gateway ---------------------------------------------------
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Polls `predicate` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string of plain text is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def routes_toml(routes: list[dict]) -> str:
+    """`[[routes]]` tables for route dicts shaped like the admin API's route objects."""
+    out = []
+    for route in routes:
+        out.append("[[routes]]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in route.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def clusters_config(
+    clusters: dict[str, str],
+    routes: list[dict],
+    *,
+    listen: str | None = None,
+    admin: str | None = None,
+    health_interval_ms: int = 500,
+) -> str:
+    """A config with one `[clusters.NAME]` per entry of `clusters` (name -> bootstrap
+    address) and the given routes.
+
+    Without `listen`/`admin` the text is a template for `Gateway(config=...)`: it has
+    `{listen}` and `{admin}` placeholders and every other brace doubled, since the
+    Gateway runs it through str.format. With both, it is a finished file (for
+    `causeway check`, or for rewriting a running gateway's file)."""
+    template = listen is None and admin is None
+    body = []
+    for name, bootstrap in clusters.items():
+        body += [
+            f"[clusters.{name}]",
+            f"bootstrap = {_toml_value([bootstrap])}",
+            f"health_interval_ms = {health_interval_ms}",
+            "",
+        ]
+    body.append(routes_toml(routes))
+    text = "\n".join(body)
+    if template:
+        text = text.replace("{", "{{").replace("}", "}}")
+        listen, admin = "{listen}", "{admin}"
+    head = (
+        "[gateway]\n"
+        f'listen = "{listen}"\n'
+        'cluster_id = "causeway-multi"\n'
+        "\n"
+        "[admin]\n"
+        f'listen = "{admin}"\n'
+        "\n"
+    )
+    return head + text
+
+
+def rewrite_gateway_config(gw: "Gateway", clusters: dict[str, str], routes: list[dict], **kw) -> None:
+    """Writes a new config over the file a running Gateway was started with (same
+    listen and admin addresses), for POST /reload."""
+    text = clusters_config(clusters, routes, listen=gw.addr, admin=gw.admin, **kw)
+    Path(gw.config_file.name).write_text(text)
+
+
+def admin_call(gw: "Gateway", method: str, path: str, body=None, raw: bytes | None = None):
+    """An admin HTTP request; returns (status, parsed JSON body or None if not JSON, text)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://{gw.admin}{path}", data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status, text = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    return status, parsed, text
+
+
+def causeway_check(text: str) -> subprocess.CompletedProcess:
+    """`causeway check --config FILE` on `text` written to a temporary file."""
+    with tempfile.NamedTemporaryFile("w", prefix="check-", suffix=".toml", delete=False) as f:
+        f.write(text)
+    try:
+        return subprocess.run(
+            [str(causeway_bin()), "check", "--config", f.name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.unlink(f.name)

@@ -21,7 +21,9 @@ const HEADER: usize = 61;
 const MAGIC_AT: usize = 16;
 const ATTRIBUTES_AT: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
+const CRC_AT: usize = 17;
 const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
 
 /// Control record types.
 pub const ABORT: i16 = 0;
@@ -92,6 +94,34 @@ pub fn headers(records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
         at += size;
         Some(header)
     })
+}
+
+/// The producer id and epoch of the first batch in `records`.
+pub fn producer(records: &[u8]) -> Option<(i64, i16)> {
+    let first = headers(records).next()?;
+    let epoch = i16_at(records, PRODUCER_EPOCH_AT)?;
+    Some((first.producer_id, epoch))
+}
+
+/// A copy of `records` with every batch's producer id and epoch replaced and its
+/// CRC computed again (the CRC covers the attributes onward, which include both).
+/// `None` if `records` is not a run of whole v2 batches.
+pub fn with_producer(records: &[u8], producer_id: i64, epoch: i16) -> Option<Vec<u8>> {
+    let mut out = records.to_vec();
+    let mut at = 0usize;
+    let mut seen = 0usize;
+    for h in headers(records) {
+        let batch = out.get_mut(at..at + h.size)?;
+        batch.get_mut(PRODUCER_ID_AT..PRODUCER_ID_AT + 8)?.copy_from_slice(&producer_id.to_be_bytes());
+        batch
+            .get_mut(PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2)?
+            .copy_from_slice(&epoch.to_be_bytes());
+        let crc = crc32c::crc32c(batch.get(ATTRIBUTES_AT..)?);
+        batch.get_mut(CRC_AT..CRC_AT + 4)?.copy_from_slice(&crc.to_be_bytes());
+        at += h.size;
+        seen += 1;
+    }
+    (seen > 0 && at == records.len()).then_some(out)
 }
 
 /// The transactions aborted within `records`, as (producer id, first offset): each
@@ -170,6 +200,26 @@ mod tests {
         log.extend_from_slice(&second[..second.len() - 3]);
         assert_eq!(headers(&log).count(), 1);
         assert!(aborted_transactions(&log).is_empty());
+    }
+
+    #[test]
+    fn producer_rewrite_keeps_the_batch_valid() {
+        let mut log = batch(0, 7, 0, &[1, 2, 3]);
+        log.extend(batch(1, 7, 0, &[4]));
+        assert_eq!(producer(&log), Some((7, 0)));
+        let out = with_producer(&log, 4242, 3).expect("whole batches");
+        assert_eq!(producer(&out), Some((4242, 3)));
+        let mut at = 0;
+        for h in headers(&out) {
+            assert_eq!(h.producer_id, 4242);
+            let b = &out[at..at + h.size];
+            let stored = u32::from_be_bytes(b[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes"));
+            assert_eq!(stored, crc32c::crc32c(&b[ATTRIBUTES_AT..]));
+            at += h.size;
+        }
+        assert_eq!(at, out.len());
+        assert_eq!(&out[HEADER..HEADER + 3], &[1, 2, 3], "records untouched");
+        assert!(with_producer(&log[..log.len() - 1], 1, 1).is_none(), "a partial batch is refused");
     }
 
     proptest::proptest! {

@@ -13,7 +13,7 @@ use kafka_protocol::messages::add_partitions_to_txn_response::{
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
-    ApiVersionsResponse, EndTxnRequest, InitProducerIdRequest, ResponseKind,
+    ApiVersionsResponse, EndTxnRequest, InitProducerIdRequest, InitProducerIdResponse, ResponseKind,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -32,6 +32,7 @@ pub mod code {
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const CORRUPT_MESSAGE: i16 = 2;
     pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;
@@ -128,8 +129,20 @@ pub async fn dispatch(
                     let ci = router.transactional_id(&id.0);
                     to_coordinator(gw, conns, ci, TRANSACTION, id.0.to_string(), req).await?
                 }
-                // Idempotent producers take their ids from one cluster, so no two
-                // producers behind Causeway share one.
+                // Idempotent producers take their ids from the default cluster;
+                // other clusters get stand-ins (see `producers`).
+                None if gw.backends.clusters.len() > 1 => {
+                    let ci = router.default_cluster();
+                    let cluster = gw.cluster(ci)?;
+                    let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
+                    let gw = gw.clone();
+                    let edit = move |out: &mut InitProducerIdResponse, _| {
+                        if out.error_code == 0 {
+                            gw.producers.issued(out.producer_id.0, ci);
+                        }
+                    };
+                    forward_rewritten(conns, broker, &req, "InitProducerId response", edit).await?
+                }
                 None => to_any(gw, conns, router.default_cluster(), req).await?,
             }
         }

@@ -10,6 +10,7 @@ pub mod groups;
 pub mod handlers;
 pub mod metadata;
 pub mod partitioned;
+pub mod producers;
 pub mod rewrite;
 pub mod session;
 pub mod topics;
@@ -36,6 +37,8 @@ pub struct Gateway {
     pub backends: Backends,
     /// Where topics, groups and transactional ids live; swapped by route changes.
     pub router: Arc<RouterCell>,
+    /// Idempotent producer ids and their stand-ins on other clusters.
+    pub producers: producers::ProducerIds,
 }
 
 impl Gateway {
@@ -54,6 +57,7 @@ impl Gateway {
             max_in_flight: config.gateway.max_in_flight,
             backends,
             router,
+            producers: producers::ProducerIds::default(),
         }
     }
 
@@ -81,6 +85,7 @@ impl Gateway {
             max_in_flight: 8,
             backends: Backends { clusters: Vec::new() },
             router: Arc::new(RouterCell::new(Router::new(&[], &["test".into()]))),
+            producers: producers::ProducerIds::default(),
         }
     }
 

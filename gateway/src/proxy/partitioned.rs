@@ -149,6 +149,14 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     /// Drops what refers into the client's frame (record data) once the request
     /// is sent, so the read buffer can be reused while the answer is awaited.
     fn release(&mut self) {}
+    /// The idempotent (not transactional) producer id and epoch of the batches.
+    fn idempotent_producer(&self) -> Option<(i64, i16)> {
+        None
+    }
+    /// Replaces the producer id and epoch of every batch; whether all were whole.
+    fn set_producer(&mut self, _id: (i64, i16)) -> bool {
+        true
+    }
 }
 
 /// Routes a partition-routed request.
@@ -318,6 +326,11 @@ pub async fn route<T: Split>(
     let plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE).await;
     let expects = body.expects_response();
 
+    // Batches of an idempotent producer bound for a cluster other than the one
+    // that issued its id carry that cluster's stand-in id instead.
+    let producer = if gw.backends.clusters.len() > 1 { body.idempotent_producer() } else { None };
+    let origin = producer.map(|(id, _)| gw.producers.origin(id).unwrap_or(router.default_cluster()));
+
     let mut sent = Vec::with_capacity(plan.brokers.len());
     let mut local: Vec<(i16, String, Positions)> = plan.local.clone();
     let single = plan.brokers.len() == 1 && local.is_empty();
@@ -339,11 +352,31 @@ pub async fn route<T: Split>(
     for (broker, keep) in &plan.brokers {
         let names = plan.names(*broker, gw.node_id);
         let mut renamed = false;
-        let frame = if single && !changed && names.topics.is_empty() && !body.renames_brokers() {
+        let stand_in = match (producer, origin) {
+            (Some((id, epoch)), Some(from)) if from != broker.cluster => {
+                let cluster = gw.cluster(broker.cluster)?;
+                match gw.producers.on_cluster(broker.cluster, cluster, id, epoch).await {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster.name, error = %e, "no producer id on this cluster");
+                        local.push((T::UNREACHABLE, format!("cluster '{}' gave no producer id", cluster.name), keep.clone()));
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let frame = if single && !changed && names.topics.is_empty() && !body.renames_brokers() && stand_in.is_none() {
             req.frame.clone()
         } else {
             let mut part = body.subset(keep);
             renamed = part.rename(&names);
+            if let Some(id) = stand_in {
+                if !part.set_producer(id) {
+                    local.push((code::CORRUPT_MESSAGE, "record batches are not whole v2 batches".into(), keep.clone()));
+                    continue;
+                }
+            }
             req.reencode(&part, T::WHAT)?
         };
         let names = if renamed { names.reversed() } else { Names::default() };
@@ -564,6 +597,32 @@ impl Split for ProduceRequest {
 
     fn expects_response(&self) -> bool {
         self.acks != 0
+    }
+
+    fn idempotent_producer(&self) -> Option<(i64, i16)> {
+        if self.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+            return None;
+        }
+        let records = self
+            .topic_data
+            .iter()
+            .flat_map(|t| t.partition_data.iter())
+            .find_map(|p| p.records.as_ref())?;
+        batches::producer(records).filter(|(id, _)| *id >= 0)
+    }
+
+    fn set_producer(&mut self, (id, epoch): (i64, i16)) -> bool {
+        for t in &mut self.topic_data {
+            for p in &mut t.partition_data {
+                if let Some(records) = &p.records {
+                    match batches::with_producer(records, id, epoch) {
+                        Some(out) => p.records = Some(bytes::Bytes::from(out)),
+                        None => return false,
+                    }
+                }
+            }
+        }
+        true
     }
 
     fn release(&mut self) {
