@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The local demo: installs what it needs, builds Causeway, starts a tansu cluster on
-# 127.0.0.1:19092 and Causeway on 127.0.0.1:9092 (admin on 9644), then produces and
-# consumes through the gateway with kcat and prints how to connect. Runs until Ctrl-C.
+# The local demo: installs what it needs, builds Causeway, starts two tansu clusters
+# ("onprem" on 127.0.0.1:19092, "cloud" on 127.0.0.1:29092) and Causeway in front of
+# both on 127.0.0.1:9092 (admin on 9644) with the routes in config/demo.toml, then
+# creates topics, produces and consumes through the one endpoint, and shows on each
+# backend where the records landed. Runs until Ctrl-C.
 #
 #   scripts/demo.sh          # interactive: keeps running
 #   scripts/demo.sh --once   # runs the walkthrough and exits (used by the tests)
@@ -17,7 +19,7 @@ cargo build --release --locked
 causeway="$CARGO_TARGET_DIR/release/causeway"
 tansu="$root/.tools/bin/tansu"
 
-for port in 9092 9644 19092; do
+for port in 9092 9644 19092 29092; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "demo: port $port is in use; stop whatever listens there and retry" >&2
     exit 1
@@ -30,13 +32,17 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+py="$root/.tools/venv/bin/python"
 
-say "starting a tansu broker (backend cluster 'local') on 127.0.0.1:19092"
-"$tansu" broker --cluster-id demo --listener-url tcp://127.0.0.1:19092 \
-  --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ >"$logs/tansu.log" 2>&1 &
-pids+=($!)
+for cluster in onprem:19092 cloud:29092; do
+  name=${cluster%%:*} port=${cluster##*:}
+  say "starting a tansu broker: backend cluster '$name' on 127.0.0.1:$port"
+  "$tansu" broker --cluster-id "$name" --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ >"$logs/$name.log" 2>&1 &
+  pids+=($!)
+done
 
-say "starting Causeway on 127.0.0.1:9092 (admin on 127.0.0.1:9644)"
+say "starting Causeway on 127.0.0.1:9092 (admin on 127.0.0.1:9644) with config/demo.toml"
 "$causeway" check --config config/demo.toml
 "$causeway" run --config config/demo.toml >"$logs/causeway.log" 2>&1 &
 pids+=($!)
@@ -46,45 +52,66 @@ for _ in $(seq 100); do
 done
 curl -s http://127.0.0.1:9644/readyz
 
-say "creating topic 'greetings' (3 partitions) through the gateway"
-"$root/.tools/venv/bin/python" - <<'PY'
+say "the routes in force (GET http://127.0.0.1:9644/routes)"
+curl -s http://127.0.0.1:9644/routes
+
+say "creating topics through the gateway: greetings, orders.eu, payments.cards"
+"$py" - <<'PY'
 from confluent_kafka.admin import AdminClient, NewTopic
 a = AdminClient({"bootstrap.servers": "127.0.0.1:9092"})
-a.create_topics([NewTopic("greetings", num_partitions=3, replication_factor=1)])["greetings"].result(15)
+for name, f in a.create_topics([NewTopic(t, num_partitions=3, replication_factor=1)
+                                for t in ("greetings", "orders.eu", "payments.cards")]).items():
+    f.result(15)
+    print(f"created {name}")
 PY
 
-say "what clients see: one broker, Causeway (kcat -L)"
-kcat -b 127.0.0.1:9092 -L -t greetings
+say "what clients see: one broker, Causeway, and the topics of both clusters (kcat -L)"
+kcat -b 127.0.0.1:9092 -L
 
-say "producing three keyed records with kcat"
+say "producing keyed records with kcat to a cloud topic and two on-prem topics"
 printf 'alice:hello from alice\nbob:hello from bob\ncarol:hello from carol\n' |
   kcat -b 127.0.0.1:9092 -P -t greetings -K: -z zstd
+printf 'o1:order one\no2:order two\n' | kcat -b 127.0.0.1:9092 -P -t orders.eu -K:
+printf 'c1:card payment\n' | kcat -b 127.0.0.1:9092 -P -t payments.cards -K:
 
-say "consuming them back through the gateway"
-kcat -b 127.0.0.1:9092 -C -t greetings -o beginning -e -f 'partition %p offset %o  %k => %s\n'
-
-say "the same records, read directly from the backend broker (127.0.0.1:19092)"
-read_direct() {
-  "$root/.tools/venv/bin/python" - <<'PY'
-from confluent_kafka import Consumer, TopicPartition
-c = Consumer({"bootstrap.servers": "127.0.0.1:19092", "group.id": "demo-direct", "enable.partition.eof": True})
-c.assign([TopicPartition("greetings", p, 0) for p in range(3)])
-eof = 0
-while eof < 3:
-    m = c.poll(5)
-    if m is None:
-        break
-    if m.error():
-        eof += 1
-        continue
-    print(f"partition {m.partition()} offset {m.offset()}  {m.key().decode()} => {m.value().decode()}")
+say "one consumer group reading topics of both clusters through the gateway"
+"$py" - <<'PY'
+import time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": "demo-group", "auto.offset.reset": "earliest"})
+c.subscribe(["greetings", "orders.eu", "payments.cards"])
+got, deadline = [], time.time() + 30
+while len(got) < 6 and time.time() < deadline:
+    m = c.poll(1)
+    if m is not None and not m.error():
+        got.append(f"{m.topic():15} partition {m.partition()} offset {m.offset()}  {m.key().decode()} => {m.value().decode()}")
 c.close()
+print("\n".join(sorted(got)))
 PY
-}
-read_direct
+
+say "the same records, read directly from each backend cluster"
+"$py" - <<'PY'
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+for name, addr in (("onprem", "127.0.0.1:19092"), ("cloud", "127.0.0.1:29092")):
+    topics = sorted(AdminClient({"bootstrap.servers": addr}).list_topics(timeout=10).topics)
+    print(f"-- {name} ({addr}) holds: {', '.join(topics)}")
+    c = Consumer({"bootstrap.servers": addr, "group.id": f"demo-direct-{name}", "enable.partition.eof": True})
+    c.assign([TopicPartition(t, p, 0) for t in topics for p in range(3)])
+    eof = 0
+    while eof < 3 * len(topics):
+        m = c.poll(5)
+        if m is None:
+            break
+        if m.error():
+            eof += 1
+            continue
+        print(f"{m.topic():17} partition {m.partition()} offset {m.offset()}  {m.key().decode()} => {m.value().decode()}")
+    c.close()
+PY
 
 say "gateway metrics (excerpt of http://127.0.0.1:9644/metrics)"
-curl -s http://127.0.0.1:9644/metrics | grep -E '^causeway_requests_total' | sort | head -12
+curl -s http://127.0.0.1:9644/metrics | grep -E '^causeway_(requests_total|backend_cluster_up)' | sort | head -14
 
 if $once; then
   say "demo done"
@@ -95,8 +122,9 @@ cat <<TXT
   bootstrap.servers=127.0.0.1:9092
 
   kcat -b 127.0.0.1:9092 -L
-  kcat -b 127.0.0.1:9092 -P -t greetings
-  kcat -b 127.0.0.1:9092 -C -t greetings -o beginning
+  kcat -b 127.0.0.1:9092 -P -t orders.eu          # lands on onprem (19092)
+  kcat -b 127.0.0.1:9092 -C -t greetings -o beginning   # lives on cloud (29092)
+  curl http://127.0.0.1:9644/routes
   curl http://127.0.0.1:9644/metrics
 
 Logs: $logs   (Ctrl-C stops the demo)
