@@ -30,6 +30,8 @@ use crate::telemetry;
 pub const CLIENT_ID: &str = "causeway";
 /// Idle connections kept per broker for reuse by later client sessions.
 const POOL_PER_BROKER: usize = 32;
+/// How long a broker that could not be reached is not dialled for client sessions.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(1000);
 
 /// What Causeway knows of one topic.
 #[derive(Debug, Clone)]
@@ -67,6 +69,8 @@ pub struct Cluster {
     /// Causeway's own connections, one per broker, for metadata and lookups.
     control: tokio::sync::Mutex<HashMap<i32, BrokerConn>>,
     pool: Mutex<HashMap<i32, Vec<BrokerConn>>>,
+    /// Brokers that could not be reached, until when they are not dialled.
+    unreachable: DashMap<i32, Instant>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -102,6 +106,7 @@ impl Cluster {
             coordinators: DashMap::new(),
             control: tokio::sync::Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            unreachable: DashMap::new(),
         }
     }
 
@@ -427,9 +432,25 @@ impl Cluster {
                 }
             }
         }
-        BrokerConn::connect(&*self.connector, &addr, &self.name, self.config.max_frame_bytes)
-            .await
-            .inspect_err(|_| telemetry::backend_error(&self.name, "connect"))
+        // A broker that just refused or timed out is not dialled again for a while:
+        // clients get their retriable error at once instead of after another
+        // connect timeout each.
+        if let Some(until) = self.unreachable.get(&broker).map(|u| *u) {
+            if Instant::now() < until {
+                return Err(BackendError::RecentlyUnreachable { addr });
+            }
+        }
+        match BrokerConn::connect(&*self.connector, &addr, &self.name, self.config.max_frame_bytes).await {
+            Ok(conn) => {
+                self.unreachable.remove(&broker);
+                Ok(conn)
+            }
+            Err(e) => {
+                telemetry::backend_error(&self.name, "connect");
+                self.unreachable.insert(broker, Instant::now() + CONNECT_BACKOFF);
+                Err(e)
+            }
+        }
     }
 
     /// Returns a session's connection; kept only if it is alive and idle.

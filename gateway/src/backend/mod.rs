@@ -33,6 +33,8 @@ pub enum BackendError {
     },
     #[error("connection to {addr} lost")]
     Disconnected { addr: String },
+    #[error("{addr} could not be reached a moment ago; not dialling again yet")]
+    RecentlyUnreachable { addr: String },
     #[error("{addr} did not answer in time")]
     Timeout { addr: String },
     #[error("broker {0} is not known")]
