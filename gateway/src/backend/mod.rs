@@ -79,12 +79,6 @@ impl Backends {
         Self { clusters }
     }
 
-    /// The cluster every request goes to until routing rules exist.
-    pub fn primary(&self) -> (usize, &Arc<Cluster>) {
-        // Config validation guarantees one cluster.
-        (0, &self.clusters[0])
-    }
-
     pub fn cluster(&self, index: usize) -> Option<&Arc<Cluster>> {
         self.clusters.get(index)
     }
@@ -116,10 +110,6 @@ impl Backends {
                 }
             });
         }
-    }
-
-    pub fn all_ready(&self) -> bool {
-        self.clusters.iter().all(|c| c.is_ready())
     }
 }
 
