@@ -251,11 +251,11 @@ pub async fn find_coordinator(
         }
         let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
         let gw = gw.clone();
-        let edit = move |out: &mut FindCoordinatorResponse, _| {
+        let edit = move |out: &mut FindCoordinatorResponse, version| {
             if out.error_code == 0 {
                 cluster.learn_coordinator(body.key_type, &body.key, out.node_id.0, &out.host, out.port);
             }
-            rewrite::find_coordinator(out, &gw);
+            rewrite::find_coordinator(out, &gw, version);
         };
         return forward_rewritten(conns, broker, &req, "FindCoordinator response", edit).await;
     }
@@ -309,7 +309,7 @@ pub async fn find_coordinator(
                     .with_error_message(Some(StrBytes::from_string(format!("cluster '{cluster}' is unreachable")))),
             );
         }
-        rewrite::find_coordinator(&mut acc, &gw);
+        rewrite::find_coordinator(&mut acc, &gw, version);
         Ok(encode_response(&acc, version, header, what)?)
     }))
 }

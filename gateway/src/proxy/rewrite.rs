@@ -53,8 +53,9 @@ pub fn metadata(body: &mut MetadataResponse, gw: &Gateway, backend_cluster_id: O
 }
 
 /// FindCoordinator: the coordinator is Causeway; errors pass through unchanged.
-pub fn find_coordinator(body: &mut FindCoordinatorResponse, gw: &Gateway) {
-    if body.error_code == 0 && body.node_id.0 >= 0 {
+/// Below v4 the answer is the top-level fields, from v4 the `coordinators` list.
+pub fn find_coordinator(body: &mut FindCoordinatorResponse, gw: &Gateway, version: i16) {
+    if version < 4 && body.error_code == 0 && body.node_id.0 >= 0 {
         body.node_id = BrokerId(gw.node_id);
         body.host = gw.host_bytes();
         body.port = gw.port;
@@ -140,10 +141,21 @@ mod tests {
     fn find_coordinator_points_at_the_gateway_but_keeps_errors() {
         let gw = gateway();
         let mut ok = FindCoordinatorResponse::default().with_node_id(BrokerId(3)).with_host("10.0.0.3".into()).with_port(1);
-        find_coordinator(&mut ok, &gw);
+        find_coordinator(&mut ok, &gw, 3);
         assert_eq!((ok.node_id.0, ok.host.as_str(), ok.port), (7, "gw.example", 9092));
         let mut err = FindCoordinatorResponse::default().with_error_code(15).with_node_id(BrokerId(-1));
-        find_coordinator(&mut err, &gw);
+        find_coordinator(&mut err, &gw, 3);
         assert_eq!(err.node_id.0, -1);
+        // v4+: only the list is rewritten; the top-level fields stay at their
+        // defaults, which v4 cannot carry otherwise.
+        let mut batched = FindCoordinatorResponse::default().with_coordinators(vec![
+            kafka_protocol::messages::find_coordinator_response::Coordinator::default()
+                .with_node_id(BrokerId(3))
+                .with_host("10.0.0.3".into()),
+        ]);
+        find_coordinator(&mut batched, &gw, 4);
+        assert_eq!(batched.host.as_str(), "");
+        assert_eq!(batched.coordinators[0].host.as_str(), "gw.example");
+        assert!(crate::codec::encode_response(&batched, 4, 1, "x").is_ok());
     }
 }
