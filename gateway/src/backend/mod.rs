@@ -113,12 +113,22 @@ impl Backends {
     }
 }
 
+/// Which of a session's connections to a broker a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Everything in client order.
+    General,
+    /// Fetches that may be left waiting on a broker while the client moves on;
+    /// kept apart so they never hold up the general lane.
+    Fetch,
+}
+
 /// The backend connections of one client session.
 pub struct SessionConns {
     backends: Backends,
-    conns: HashMap<BrokerRef, BrokerConn>,
+    conns: HashMap<(BrokerRef, Lane), BrokerConn>,
     /// Connections written to since the last flush.
-    dirty: Vec<BrokerRef>,
+    dirty: Vec<(BrokerRef, Lane)>,
 }
 
 impl SessionConns {
@@ -130,49 +140,54 @@ impl SessionConns {
         }
     }
 
-    async fn get(&mut self, broker: BrokerRef) -> Result<&BrokerConn, BackendError> {
-        let usable = self.conns.get(&broker).is_some_and(BrokerConn::is_alive);
+    async fn get(&mut self, broker: BrokerRef, lane: Lane) -> Result<&BrokerConn, BackendError> {
+        let usable = self.conns.get(&(broker, lane)).is_some_and(BrokerConn::is_alive);
         if !usable {
             let cluster = self
                 .backends
                 .cluster(broker.cluster)
                 .ok_or(BackendError::Internal("cluster index out of range"))?;
             let conn = cluster.checkout(broker.node).await?;
-            self.conns.insert(broker, conn);
+            self.conns.insert((broker, lane), conn);
         }
         self.conns
-            .get(&broker)
+            .get(&(broker, lane))
             .ok_or(BackendError::Internal("connection vanished"))
     }
 
     /// Writes `frame` to `broker`; the returned reply resolves to its response.
     /// The bytes leave at the next [`SessionConns::flush`].
     pub async fn send(&mut self, broker: BrokerRef, frame: Bytes) -> Result<Reply, BackendError> {
-        let conn = self.get(broker).await?.clone();
+        self.send_on(broker, Lane::General, frame).await
+    }
+
+    /// Like [`SessionConns::send`], on the given lane.
+    pub async fn send_on(&mut self, broker: BrokerRef, lane: Lane, frame: Bytes) -> Result<Reply, BackendError> {
+        let conn = self.get(broker, lane).await?.clone();
         let reply = conn.send(frame).await?;
-        self.mark_dirty(broker);
+        self.mark_dirty((broker, lane));
         Ok(reply)
     }
 
     /// Writes a request that gets no response.
     pub async fn send_oneway(&mut self, broker: BrokerRef, frame: Bytes) -> Result<(), BackendError> {
-        let conn = self.get(broker).await?.clone();
+        let conn = self.get(broker, Lane::General).await?.clone();
         conn.send_oneway(frame).await?;
-        self.mark_dirty(broker);
+        self.mark_dirty((broker, Lane::General));
         Ok(())
     }
 
-    fn mark_dirty(&mut self, broker: BrokerRef) {
-        if !self.dirty.contains(&broker) {
-            self.dirty.push(broker);
+    fn mark_dirty(&mut self, key: (BrokerRef, Lane)) {
+        if !self.dirty.contains(&key) {
+            self.dirty.push(key);
         }
     }
 
     /// Sends what was written to every connection since the last flush. A failed
     /// connection fails its waiting requests through its reader; nothing to do here.
     pub async fn flush(&mut self) {
-        for broker in std::mem::take(&mut self.dirty) {
-            if let Some(conn) = self.conns.get(&broker) {
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(conn) = self.conns.get(&key) {
                 let _ = conn.flush().await;
             }
         }
@@ -181,7 +196,7 @@ impl SessionConns {
 
 impl Drop for SessionConns {
     fn drop(&mut self) {
-        for (broker, conn) in self.conns.drain() {
+        for ((broker, _), conn) in self.conns.drain() {
             if let Some(cluster) = self.backends.cluster(broker.cluster) {
                 cluster.checkin(broker.node, conn);
             }

@@ -84,6 +84,7 @@ pub const TRANSACTION: i8 = 1;
 pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
+    lanes: &Arc<super::fetch::Lanes>,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let version = req.version();
@@ -110,7 +111,7 @@ pub async fn dispatch(
         Route::Metadata => metadata::metadata(gw, conns, &router, req).await?,
         Route::FindCoordinator => metadata::find_coordinator(gw, conns, &router, req).await?,
         Route::DescribeCluster => metadata::describe_cluster(gw, conns, &router, req).await?,
-        Route::Partitioned => return partitioned::dispatch(gw, conns, &router, req).await,
+        Route::Partitioned => return partitioned::dispatch(gw, conns, lanes, &router, req).await,
         Route::Group => groups::dispatch(gw, conns, &router, req).await?,
         Route::Groups => groups::dispatch_many(gw, conns, &router, req).await?,
         Route::AllBrokers => groups::list_groups(gw, conns, req).await?,

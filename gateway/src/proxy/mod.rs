@@ -6,6 +6,7 @@
 //! connections of the session -> [`rewrite`] and [`partitioned`] turn backend answers
 //! into answers from Causeway's own broker.
 
+pub mod fetch;
 pub mod groups;
 pub mod handlers;
 pub mod metadata;

@@ -163,11 +163,17 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
 pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
+    lanes: &Arc<super::fetch::Lanes>,
     router: &Router,
     req: Request,
 ) -> Result<Option<super::session::Answer>, ProxyError> {
     match req.api_key {
         ApiKey::Produce => route::<ProduceRequest>(gw, conns, router, req).await,
+        // With one broker behind Causeway a fetch never splits, and its answer can
+        // go back untouched; otherwise parts must not wait for each other.
+        ApiKey::Fetch if gw.backends.clusters.len() > 1 || gw.backends.clusters.iter().any(|c| c.broker_ids().len() > 1) => {
+            super::fetch::route(gw, conns, lanes, router, req).await
+        }
         ApiKey::Fetch => route::<FetchRequest>(gw, conns, router, req).await,
         ApiKey::ListOffsets => route::<ListOffsetsRequest>(gw, conns, router, req).await,
         ApiKey::OffsetForLeaderEpoch => {

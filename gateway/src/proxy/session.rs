@@ -55,6 +55,7 @@ async fn serve(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut open = true;
+    let lanes = Arc::new(super::fetch::Lanes::default());
     loop {
         // Handle every whole frame already read, as far as max_in_flight allows.
         while answers.len() < gateway.max_in_flight {
@@ -78,7 +79,7 @@ async fn serve(
             })?;
             let correlation_id = request.correlation_id();
             let api = api_name(&request);
-            match handlers::dispatch(gateway, conns, request).await? {
+            match handlers::dispatch(gateway, conns, &lanes, request).await? {
                 Some(answer) => answers.push_back(Box::pin(
                     answer.map(move |r| (correlation_id, api, started, r)),
                 )),
@@ -135,6 +136,7 @@ async fn write_answer(
     let body = answer.inspect_err(|e| {
         tracing::warn!(api, error = %e, "cannot answer request; closing connection");
     })?;
+    tracing::trace!(api, correlation_id, bytes = body.len(), "answer written");
     let prefix = codec::response_prefix(correlation_id, body.len());
     crate::io::write_prefixed(wr, &prefix, &body).await?;
     telemetry::bytes_out(prefix.len() + body.len());

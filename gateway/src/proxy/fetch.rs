@@ -1,0 +1,442 @@
+//! Fetches that span several backend brokers (or clusters) without waiting for
+//! the slowest.
+//!
+//! Causeway leads every partition, so a consumer sends one fetch for partitions
+//! that live on several backend brokers. Each part long-polls its broker for up to
+//! the client's `max_wait_ms`. Waiting for every part would hold data that one
+//! broker has behind another broker's idle wait: with one cluster busy and one
+//! idle, every fetch would take the full `max_wait_ms`.
+//!
+//! So as soon as a part brings records, the answer goes out. The parts still
+//! waiting are *parked*: their partitions are answered as a broker with no new
+//! data answers (no records, the last high watermark this session saw), and the
+//! backend request stays in flight. The client's next fetch for the same
+//! partitions at the same offsets takes the parked part instead of sending a new
+//! one: its data if it arrived meanwhile, or it keeps waiting on it. Nothing is
+//! lost: records are only ever delivered for the offsets the client asked.
+//!
+//! A part is only parked when every one of its partitions has a known high
+//! watermark, so the first fetch of a session waits for every part.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{FuturesUnordered, StreamExt};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use uuid::Uuid;
+
+use super::handlers::{await_reply, code};
+use super::partitioned::{plan, Names, Place, Positions, Split, TopicKey};
+use super::session::Answer;
+use super::{Gateway, ProxyError};
+use crate::backend::{BrokerRef, Lane, SessionConns};
+use crate::codec::{encode_response, Request};
+use crate::routing::Router;
+
+/// A part's answer, in the client's names, shared between fetches.
+type PartResult = Result<FetchResponse, Arc<String>>;
+type PartFuture = Shared<BoxFuture<'static, PartResult>>;
+
+/// What identifies a partition in a fetch: the topic as the client names it.
+type Key = (TopicKey, i32);
+
+/// High watermark, last stable offset and log start offset of a partition.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+}
+
+/// A backend fetch still in flight after its client fetch was answered.
+struct Parked {
+    /// The fetch offset it asked for, per partition.
+    asked: HashMap<Key, i64>,
+    answer: PartFuture,
+}
+
+/// The fetch state of one client session.
+#[derive(Default)]
+pub struct Lanes {
+    inner: Mutex<LanesInner>,
+}
+
+#[derive(Default)]
+struct LanesInner {
+    parked: HashMap<BrokerRef, Parked>,
+    marks: HashMap<Key, Marks>,
+}
+
+impl Lanes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LanesInner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+fn response_key(t: &FetchableTopicResponse) -> TopicKey {
+    if t.topic_id.is_nil() {
+        TopicKey::Name(t.topic.0.to_string())
+    } else {
+        TopicKey::Id(t.topic_id)
+    }
+}
+
+fn has_records(resp: &FetchResponse) -> bool {
+    resp.responses
+        .iter()
+        .any(|t| t.partitions.iter().any(|p| p.records.as_ref().is_some_and(|r| !r.is_empty())))
+}
+
+/// One part of a client fetch: which positions, and where its answer comes from.
+struct Source {
+    broker: BrokerRef,
+    keep: Positions,
+    asked: HashMap<Key, i64>,
+    /// Each partition's backend topic name, to ask the broker for its end offset.
+    backend: Vec<(String, i32, Key)>,
+    answer: PartFuture,
+}
+
+pub async fn route(
+    gw: &Arc<Gateway>,
+    conns: &mut SessionConns,
+    lanes: &Arc<Lanes>,
+    router: &Router,
+    req: Request,
+) -> Result<Option<Answer>, ProxyError> {
+    let mut body: FetchRequest = req.decode(FetchRequest::WHAT)?;
+    body.prepare(req.version());
+    let keys = body.keys();
+    let plan = plan(gw, router, &keys, Place::Leader, FetchRequest::NO_ROUTE, FetchRequest::UNREACHABLE).await;
+    let (version, header) = (req.version(), req.response_header_version());
+    let offset_of = |ti: usize, pi: usize| -> Option<(Key, i64)> {
+        let t = body.topics.get(ti)?;
+        let p = t.partitions.get(pi)?;
+        let key = keys.get(ti)?.0.clone();
+        Some(((key, p.partition), p.fetch_offset))
+    };
+
+    let mut sources = Vec::with_capacity(plan.brokers.len());
+    let mut local = plan.local.clone();
+    for (broker, keep) in &plan.brokers {
+        let asked: HashMap<Key, i64> = keep.iter().filter_map(|&(ti, pi)| offset_of(ti, pi)).collect();
+        // A parked part for exactly these partitions and offsets answers instead.
+        let reuse = {
+            let mut inner = lanes.lock();
+            match inner.parked.remove(broker) {
+                Some(p) if p.asked == asked => Some(p.answer),
+                Some(p) => {
+                    tracing::debug!(asked = ?asked, parked = ?p.asked, "parked fetch does not match");
+                    None
+                }
+                None => None,
+            }
+        };
+        let answer = match reuse {
+            Some(answer) => answer,
+            None => {
+                let names = plan.names(*broker, gw.node_id);
+                let mut part = body.subset(keep);
+                let renamed = part.rename(&names);
+                let frame = req.reencode(&part, FetchRequest::WHAT)?;
+                let back = if renamed { names.reversed() } else { Names::default() };
+                match conns.send_on(*broker, Lane::Fetch, frame).await {
+                    Ok(reply) => {
+                        let gw = gw.clone();
+                        let broker = *broker;
+                        let read_committed = body.isolation_level;
+                        async move {
+                            let resp = await_reply(reply).await.map_err(|e| Arc::new(e.to_string()))?;
+                            let mut out: FetchResponse = resp
+                                .decode(header, version, FetchRequest::RESP_WHAT)
+                                .map_err(|e| Arc::new(e.to_string()))?;
+                            if FetchRequest::leaders_moved(&out) {
+                                if let Some(c) = gw.backends.cluster(broker.cluster) {
+                                    c.mark_stale();
+                                }
+                            }
+                            if !back.topics.is_empty() {
+                                FetchRequest::rename_back(&mut out, &back);
+                            }
+                            FetchRequest::default()
+                                .with_isolation_level(read_committed)
+                                .rewrite(&mut out, &gw);
+                            Ok(out)
+                        }
+                        .boxed()
+                        .shared()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot send fetch; answering its partitions with a retriable error");
+                        if let Some(c) = gw.backends.cluster(broker.cluster) {
+                            c.mark_stale();
+                        }
+                        local.push((FetchRequest::UNREACHABLE, String::new(), keep.clone()));
+                        continue;
+                    }
+                }
+            }
+        };
+        let backend = asked
+            .keys()
+            .filter_map(|key| {
+                let name = match &key.0 {
+                    TopicKey::Name(n) => router.topic(n)?.backend.into_owned(),
+                    TopicKey::Id(id) => gw.backends.cluster(broker.cluster)?.topic_name(id)?,
+                    TopicKey::Default => return None,
+                };
+                Some((name, key.1, key.clone()))
+            })
+            .collect();
+        sources.push(Source { broker: *broker, keep: keep.clone(), asked, backend, answer });
+    }
+    if sources.is_empty() && local.is_empty() {
+        // No partitions at all: a broker of the default cluster answers the empty request.
+        let ci = router.default_cluster();
+        let cluster = gw.cluster(ci)?;
+        let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
+        let reply = conns.send(broker, req.reencode(&body, FetchRequest::WHAT)?).await?;
+        return Ok(Some(Box::pin(async move {
+            Ok(await_reply(reply).await?.after_correlation_id())
+        })));
+    }
+    // What an empty answer for a partition needs: the client's topic naming.
+    let topics: Vec<(kafka_protocol::messages::TopicName, Uuid)> =
+        body.topics.iter().map(|t| (t.topic.clone(), t.topic_id)).collect();
+    let partitions: Vec<Vec<i32>> = keys.iter().map(|(_, ps)| ps.clone()).collect();
+    drop(req);
+    let lanes = lanes.clone();
+    let gw = gw.clone();
+    let isolation_level = body.isolation_level;
+
+    Ok(Some(Box::pin(async move {
+        let mut done: Vec<Option<PartResult>> = vec![None; sources.len()];
+        let mut pending: FuturesUnordered<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.answer.clone().map(move |r| (i, r)))
+            .collect();
+        let started = std::time::Instant::now();
+        while let Some((i, result)) = pending.next().await {
+            let early = result.as_ref().is_ok_and(has_records);
+            tracing::debug!(part = i, cluster = sources[i].broker.cluster, records = early, after = ?started.elapsed(), partitions = sources[i].asked.len(), "fetch part done");
+            done[i] = Some(result);
+            if early && !pending.is_empty() {
+                // Take whatever else is ready without waiting, then decide.
+                while let Some(Some((j, r))) = pending.next().now_or_never() {
+                    done[j] = Some(r);
+                }
+                // Parts whose partitions have no known end yet: ask their brokers
+                // (a ListOffsets answers at once), so even a session's first fetch
+                // need not wait for an idle broker.
+                let unknown: Vec<usize> = {
+                    let inner = lanes.lock();
+                    (0..sources.len())
+                        .filter(|&j| done[j].is_none())
+                        .filter(|&j| !sources[j].asked.keys().all(|k| inner.marks.contains_key(k)))
+                        .collect()
+                };
+                for j in unknown {
+                    if let Some(found) = end_offsets(&gw, &sources[j], isolation_level).await {
+                        lanes.lock().marks.extend(found);
+                    }
+                }
+                let marks_known = {
+                    let inner = lanes.lock();
+                    sources
+                        .iter()
+                        .zip(&done)
+                        .filter(|(_, d)| d.is_none())
+                        .all(|(s, _)| s.asked.keys().all(|k| inner.marks.contains_key(k)))
+                };
+                tracing::debug!(marks_known, waiting = pending.len(), "a fetch part brought records");
+                if marks_known {
+                    break;
+                }
+            }
+        }
+        drop(pending);
+
+        let mut acc = FetchResponse::default();
+        let mut inner = lanes.lock();
+        for (source, result) in sources.into_iter().zip(done) {
+            match result {
+                Some(Ok(part)) => {
+                    for t in &part.responses {
+                        let key = response_key(t);
+                        for p in &t.partitions {
+                            if p.error_code == 0 && p.high_watermark >= 0 {
+                                inner.marks.insert(
+                                    (key.clone(), p.partition_index),
+                                    Marks {
+                                        high_watermark: p.high_watermark,
+                                        last_stable_offset: p.last_stable_offset,
+                                        log_start_offset: p.log_start_offset,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    FetchRequest::merge(&mut acc, part);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, partitions = source.keep.len(), "backend fetch failed; answering its partitions with a retriable error");
+                    if let Some(c) = gw.backends.cluster(source.broker.cluster) {
+                        c.mark_stale();
+                    }
+                    FetchRequest::merge(&mut acc, failed(&topics, &partitions, &source.keep, code::NOT_LEADER_OR_FOLLOWER));
+                }
+                None => {
+                    // Still waiting: answer as a broker with no new data, and park.
+                    FetchRequest::merge(&mut acc, empty(&topics, &partitions, &source, &inner.marks));
+                    inner.parked.insert(
+                        source.broker,
+                        Parked {
+                            asked: source.asked,
+                            answer: source.answer,
+                        },
+                    );
+                }
+            }
+        }
+        drop(inner);
+        for (code, _, keep) in local {
+            FetchRequest::merge(&mut acc, failed(&topics, &partitions, &keep, code));
+        }
+        acc.session_id = 0;
+        Ok(encode_response(&acc, version, header, FetchRequest::RESP_WHAT)?)
+    })))
+}
+
+/// The end offsets (high watermark, or last stable offset for read_committed) of
+/// a part's partitions, from their broker; `None` if it does not answer quickly.
+async fn end_offsets(gw: &Gateway, source: &Source, isolation_level: i8) -> Option<Vec<(Key, Marks)>> {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let cluster = gw.backends.cluster(source.broker.cluster)?;
+    let version = cluster.own_version(ApiKey::ListOffsets, 7).ok()?.max(2);
+    let mut by_topic: HashMap<&str, Vec<i32>> = HashMap::new();
+    for (name, p, _) in &source.backend {
+        by_topic.entry(name.as_str()).or_default().push(*p);
+    }
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(isolation_level)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(name, ps)| {
+                    ListOffsetsTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                        .with_partitions(
+                            ps.into_iter()
+                                .map(|p| ListOffsetsPartition::default().with_partition_index(p).with_timestamp(-1))
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    let frame = crate::codec::encode_request(ApiKey::ListOffsets, version, crate::backend::cluster::CLIENT_ID, &request).ok()?;
+    let call = cluster.call(source.broker.node, frame);
+    let resp = tokio::time::timeout(std::time::Duration::from_millis(250), call).await.ok()?.ok()?;
+    let header = ApiKey::ListOffsets.response_header_version(version);
+    let body: ListOffsetsResponse = resp.decode(header, version, "ListOffsets response").ok()?;
+    let mut out = Vec::new();
+    for t in &body.topics {
+        for p in t.partitions.iter().filter(|p| p.error_code == 0 && p.offset >= 0) {
+            let key = source
+                .backend
+                .iter()
+                .find(|(name, part, _)| name.as_str() == t.name.0.as_str() && *part == p.partition_index)
+                .map(|(_, _, k)| k.clone())?;
+            out.push((
+                key,
+                Marks {
+                    high_watermark: p.offset,
+                    last_stable_offset: p.offset,
+                    log_start_offset: -1,
+                },
+            ));
+        }
+    }
+    Some(out)
+}
+
+/// Partitions at `keep` answered with `code`.
+fn failed(
+    topics: &[(kafka_protocol::messages::TopicName, Uuid)],
+    partitions: &[Vec<i32>],
+    keep: &Positions,
+    code: i16,
+) -> FetchResponse {
+    answer(topics, partitions, keep, |_, p| {
+        PartitionData::default()
+            .with_partition_index(p)
+            .with_error_code(code)
+            .with_high_watermark(-1)
+    })
+}
+
+/// A parked part's partitions, answered as a broker with no new data answers.
+fn empty(
+    topics: &[(kafka_protocol::messages::TopicName, Uuid)],
+    partitions: &[Vec<i32>],
+    source: &Source,
+    marks: &HashMap<Key, Marks>,
+) -> FetchResponse {
+    let key_of = |ti: usize| -> TopicKey {
+        match topics.get(ti) {
+            Some((_, id)) if !id.is_nil() => TopicKey::Id(*id),
+            Some((name, _)) => TopicKey::Name(name.0.to_string()),
+            None => TopicKey::Default,
+        }
+    };
+    answer(topics, partitions, &source.keep, |ti, p| {
+        let m = marks.get(&(key_of(ti), p)).copied().unwrap_or(Marks {
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+        });
+        PartitionData::default()
+            .with_partition_index(p)
+            .with_high_watermark(m.high_watermark)
+            .with_last_stable_offset(m.last_stable_offset)
+            .with_log_start_offset(m.log_start_offset)
+            .with_aborted_transactions(None)
+    })
+}
+
+fn answer(
+    topics: &[(kafka_protocol::messages::TopicName, Uuid)],
+    partitions: &[Vec<i32>],
+    keep: &Positions,
+    make: impl Fn(usize, i32) -> PartitionData,
+) -> FetchResponse {
+    let mut by_topic: std::collections::BTreeMap<usize, Vec<PartitionData>> = Default::default();
+    for &(ti, pi) in keep {
+        if let Some(&p) = partitions.get(ti).and_then(|ps| ps.get(pi)) {
+            by_topic.entry(ti).or_default().push(make(ti, p));
+        }
+    }
+    FetchResponse::default().with_responses(
+        by_topic
+            .into_iter()
+            .filter_map(|(ti, parts)| {
+                let (name, id) = topics.get(ti)?;
+                Some(
+                    FetchableTopicResponse::default()
+                        .with_topic(name.clone())
+                        .with_topic_id(*id)
+                        .with_partitions(parts),
+                )
+            })
+            .collect(),
+    )
+}
