@@ -263,48 +263,56 @@ def watermarks(addr, topic, partition):
 # --- checking where records landed: straight to a broker, without creating anything ------
 
 
-def produce_confluent_acked(addr, topic, recs, partition=0, extra=None):
-    """Like produce_confluent, returning [(topic, partition, offset)] per record, in
-    order, from the delivery reports."""
+def produce_confluent_many(addr, sends, extra=None):
+    """One librdkafka producer writes every (topic, partition, records) of `sends`;
+    returns, per send, [(topic, partition, offset)] from the delivery reports."""
     from confluent_kafka import Producer
 
     conf = {"bootstrap.servers": addr, "linger.ms": 5}
     conf.update(extra or {})
     p = Producer(conf)
-    acked = [None] * len(recs)
+    acked = [[None] * len(recs) for _, _, recs in sends]
     errors = []
 
-    def done(i):
+    def done(s, i):
         def cb(err, msg):
             if err is not None:
                 errors.append(err)
             else:
-                acked[i] = (msg.topic(), msg.partition(), msg.offset())
+                acked[s][i] = (msg.topic(), msg.partition(), msg.offset())
 
         return cb
 
-    for i, (key, value, headers) in enumerate(recs):
-        p.produce(topic, key=key, value=value, headers=headers, partition=partition, on_delivery=done(i))
+    for s, (topic, partition, recs) in enumerate(sends):
+        for i, (key, value, headers) in enumerate(recs):
+            p.produce(topic, key=key, value=value, headers=headers, partition=partition, on_delivery=done(s, i))
     left = p.flush(30)
     assert left == 0, f"{left} records not delivered"
     assert not errors, errors
     return acked
 
 
-def produce_kafka_python_acked(addr, topic, recs, partition=0):
-    """Like produce_kafka_python, returning [(topic, partition, offset)] per record."""
+def produce_confluent_acked(addr, topic, recs, partition=0, extra=None):
+    """Like produce_confluent, returning [(topic, partition, offset)] per record."""
+    return produce_confluent_many(addr, [(topic, partition, recs)], extra=extra)[0]
+
+
+def produce_kafka_python_many(addr, sends, **config):
+    """One kafka-python producer (library defaults: idempotent, acks=all) writes every
+    (topic, partition, records) of `sends`; returns, per send, [(topic, partition,
+    offset)]."""
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=addr, linger_ms=5)
+    p = KafkaProducer(bootstrap_servers=addr, linger_ms=5, **config)
     try:
         futures = [
-            p.send(topic, key=key, value=value, headers=headers, partition=partition)
-            for key, value, headers in recs
+            [p.send(topic, key=key, value=value, headers=headers, partition=partition) for key, value, headers in recs]
+            for topic, partition, recs in sends
         ]
-        metas = [f.get(timeout=30) for f in futures]
+        metas = [[f.get(timeout=30) for f in fs] for fs in futures]
     finally:
-        p.close()
-    return [(m.topic, m.partition, m.offset) for m in metas]
+        p.close(timeout=5)
+    return [[(m.topic, m.partition, m.offset) for m in ms] for ms in metas]
 
 
 def list_topics(addr) -> dict[str, int]:
@@ -316,44 +324,57 @@ def list_topics(addr) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
 
 
-def read_partition(addr, topic, partition, isolation="read_uncommitted", timeout=20.0):
-    """Every record of one partition, from the beginning to the end the broker reports:
-    [(offset, key, value, headers)]. The topic must exist (checked first: a read of a
-    missing topic would make tansu create it)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+def read_partitions(addr, topic, partitions, isolation="read_uncommitted", timeout=20.0):
+    """Every record of the given partitions, from the beginning to the end the broker
+    reports: {partition: [(offset, key, value, headers)]}, read by one consumer. The
+    topic must exist (checked first: a read of a missing topic makes tansu create it).
+    Straight from tansu, read_committed stops at open transactions but does not hide
+    aborted ones (tansu lists no aborted transactions); Causeway hides them."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     topics = list_topics(addr)
     assert topic in topics, f"{topic} does not exist at {addr} (has {sorted(topics)})"
     c = Consumer({
         "bootstrap.servers": addr,
-        "group.id": f"read-partition-{time.monotonic_ns()}",
+        "group.id": f"read-partitions-{time.monotonic_ns()}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "isolation.level": isolation,
-        "fetch.wait.max.ms": 100,
+        "fetch.wait.max.ms": 50,
+        "auto.offset.reset": "earliest",
     })
-    c.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-    out = []
+    # Offset 0 rather than OFFSET_BEGINNING, whose lookup costs librdkafka half a
+    # second; a log that no longer starts at 0 falls back to "earliest".
+    c.assign([TopicPartition(topic, p, 0) for p in partitions])
+    out = {p: [] for p in partitions}
+    ended = set()
     deadline = time.monotonic() + timeout
     try:
-        while True:
-            assert time.monotonic() < deadline, f"no end of {topic}[{partition}] at {addr} after {timeout}s"
-            m = c.poll(0.2)
+        while ended != set(partitions):
+            assert time.monotonic() < deadline, f"no end of {topic}{sorted(set(partitions) - ended)} at {addr} after {timeout}s"
+            m = c.poll(0.1)
             if m is None:
                 continue
             if m.error():
                 if m.error().code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(f"reading {topic}[{partition}] at {addr}: {m.error()}")
-            out.append((m.offset(), m.key(), m.value(), [(k, v) for k, v in (m.headers() or [])]))
+                    ended.add(m.partition())
+                    continue
+                raise AssertionError(f"reading {topic}[{m.partition()}] at {addr}: {m.error()}")
+            out[m.partition()].append((m.offset(), m.key(), m.value(), [(k, v) for k, v in (m.headers() or [])]))
     finally:
         c.close()
+    return out
+
+
+def read_partition(addr, topic, partition, isolation="read_uncommitted", timeout=20.0):
+    """[(offset, key, value, headers)] of one partition, beginning to end."""
+    return read_partitions(addr, topic, [partition], isolation=isolation, timeout=timeout)[partition]
 
 
 def read_topic(addr, topic, isolation="read_uncommitted"):
     """{partition: [(offset, key, value, headers)]} for every partition of a topic."""
     count = list_topics(addr)[topic]
-    return {p: read_partition(addr, topic, p, isolation=isolation) for p in range(count)}
+    return read_partitions(addr, topic, list(range(count)), isolation=isolation)
 
 
 def group_offsets(addr, group):
