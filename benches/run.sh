@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the load benchmark: direct to tansu, through Causeway and through tansu
-# proxy, in one run, for small and for large records. Writes benches/results/latest.md.
+# proxy, in one run, for small and for large records; then two clusters behind one
+# Causeway against one client per cluster. Writes benches/results/latest.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,4 +22,6 @@ mkdir -p "$(dirname "$out")"
 "$root/.tools/venv/bin/python" benches/load.py --size 1024 --count 150000 --out "$out" "$@"
 printf '## 16 KiB records\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/load.py --size 16384 --count 12000 --out "$out" "$@"
+printf '## Two clusters\n\n' >>"$out"
+"$root/.tools/venv/bin/python" benches/multi.py --out "$out" "$@"
 cat "$out"
