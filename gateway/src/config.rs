@@ -25,6 +25,9 @@ pub struct Config {
     /// Where topics, consumer groups and transactional ids live; first match wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// WebAssembly plugins, in the order they run.
+    #[serde(default)]
+    pub plugins: Vec<crate::plugins::PluginConfig>,
 }
 
 /// The Kafka listener clients connect to, and the broker Causeway presents.
@@ -134,15 +137,27 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &shown)
+        Self::parse_in(&text, &shown, path.parent())
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_in(text, origin, None)
+    }
+
+    /// Like [`Config::parse`]; relative plugin paths are taken from `dir`.
+    fn parse_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        if let Some(dir) = dir {
+            for p in &mut config.plugins {
+                if Path::new(&p.path).is_relative() {
+                    p.path = dir.join(&p.path).display().to_string();
+                }
+            }
+        }
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
@@ -179,6 +194,7 @@ impl Config {
             admin: AdminConfig { listen: admin },
             clusters,
             routes: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 
@@ -343,6 +359,7 @@ impl Config {
             }
         }
         out.extend(routing::validate(&self.routes, &self.cluster_names()));
+        out.extend(crate::plugins::validate(&self.plugins));
         out
     }
 

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod codec;
 pub mod config;
 mod io;
+pub mod plugins;
 pub mod proxy;
 pub mod routing;
 pub mod telemetry;
@@ -54,6 +55,7 @@ pub async fn start(
         config_path,
     ));
     let mut gateway = proxy::Gateway::new(&config, backends.clone(), router.clone());
+    gateway.filters = plugins::load(&config.plugins)?;
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
 
     let admin_addr = match &config.admin.listen {

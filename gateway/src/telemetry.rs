@@ -16,10 +16,20 @@ const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
 const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
 const CLUSTER_UP: &str = "causeway_backend_cluster_up";
+const PLUGIN_CALLS: &str = "causeway_plugin_calls_total";
+const PLUGIN_SECONDS: &str = "causeway_plugin_call_duration_seconds";
+const PLUGIN_TRAPS: &str = "causeway_plugin_failures_total";
+const PLUGIN_REJECTED: &str = "causeway_plugin_rejected_batches_total";
+const PLUGIN_CHANGED: &str = "causeway_plugin_changed_batches_total";
+const PLUGIN_COUNTER: &str = "causeway_plugin_counter_total";
 
 /// Installs the Prometheus recorder and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(PLUGIN_SECONDS.to_string()),
+            &[0.000_001, 0.000_005, 0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )?
         .set_buckets_for_metric(
             Matcher::Full(REQUEST_SECONDS.to_string()),
             &[
@@ -43,6 +53,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         Unit::Count,
         "Client connections closed for a protocol violation, by kind."
     );
+    describe_counter!(PLUGIN_CALLS, Unit::Count, "Plugin calls, by plugin.");
+    describe_histogram!(PLUGIN_SECONDS, Unit::Seconds, "Time in a plugin call, by plugin.");
+    describe_counter!(PLUGIN_TRAPS, Unit::Count, "Plugin calls that trapped, timed out or ran out of memory, by plugin.");
+    describe_counter!(PLUGIN_REJECTED, Unit::Count, "Record batches a plugin rejected, by plugin.");
+    describe_counter!(PLUGIN_CHANGED, Unit::Count, "Record batches re-encoded because a filter changed them.");
+    describe_counter!(PLUGIN_COUNTER, Unit::Count, "Counters plugins keep through the host interface.");
     describe_gauge!(BACKEND_CONNECTIONS, Unit::Count, "Open backend connections, by cluster.");
     describe_counter!(BACKEND_ERRORS, Unit::Count, "Backend failures, by cluster and kind.");
     describe_counter!(
@@ -102,4 +118,25 @@ pub fn metadata_refreshed(cluster: &str) {
 
 pub fn cluster_up(cluster: &str, up: bool) {
     gauge!(CLUSTER_UP, "cluster" => cluster.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn plugin_call(plugin: &str, elapsed: Duration) {
+    counter!(PLUGIN_CALLS, "plugin" => plugin.to_string()).increment(1);
+    histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn plugin_trap(plugin: &str) {
+    counter!(PLUGIN_TRAPS, "plugin" => plugin.to_string()).increment(1);
+}
+
+pub fn plugin_rejected(plugin: &str) {
+    counter!(PLUGIN_REJECTED, "plugin" => plugin.to_string()).increment(1);
+}
+
+pub fn plugin_changed(produce: bool) {
+    counter!(PLUGIN_CHANGED, "direction" => if produce { "produce" } else { "fetch" }).increment(1);
+}
+
+pub fn plugin_counter(plugin: &str, name: &str, delta: u64) {
+    counter!(PLUGIN_COUNTER, "plugin" => plugin.to_string(), "name" => name.to_string()).increment(delta);
 }

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub router: Arc<RouterCell>,
     /// Idempotent producer ids and their stand-ins on other clusters.
     pub producers: producers::ProducerIds,
+    /// Record filters, in config order.
+    pub filters: Arc<crate::plugins::FilterChain>,
 }
 
 impl Gateway {
@@ -59,6 +61,7 @@ impl Gateway {
             backends,
             router,
             producers: producers::ProducerIds::default(),
+            filters: Arc::new(crate::plugins::FilterChain::default()),
         }
     }
 
@@ -87,6 +90,7 @@ impl Gateway {
             backends: Backends { clusters: Vec::new() },
             router: Arc::new(RouterCell::new(Router::new(&[], &["test".into()]))),
             producers: producers::ProducerIds::default(),
+            filters: Arc::new(crate::plugins::FilterChain::default()),
         }
     }
 

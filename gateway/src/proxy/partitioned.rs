@@ -96,6 +96,9 @@ impl Names {
     }
 }
 
+/// Positions whose batches a record filter rejected, each with its message.
+pub type Rejected = Vec<((usize, usize), String)>;
+
 /// What the split-and-merge machinery needs from one partition-routed API.
 pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     type Resp: Decodable + Encodable + Default + Send;
@@ -149,6 +152,13 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     /// Drops what refers into the client's frame (record data) once the request
     /// is sent, so the read buffer can be reused while the answer is awaited.
     fn release(&mut self) {}
+    /// Runs the record filters over the batches: whether records changed, and the
+    /// positions whose batches a filter rejected, with its message.
+    fn run_filters(&mut self, _gw: &Gateway, _client_id: &str) -> (bool, Rejected) {
+        (false, Vec::new())
+    }
+    /// Removes what the answer's version cannot carry (error messages, say).
+    fn fit_version(_resp: &mut Self::Resp, _version: i16) {}
     /// The idempotent (not transactional) producer id and epoch of the batches.
     fn idempotent_producer(&self) -> Option<(i64, i16)> {
         None
@@ -195,7 +205,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn fail(&mut self, code: i16, message: String, at: (usize, usize)) {
+    pub fn fail(&mut self, code: i16, message: String, at: (usize, usize)) {
         match self.local.iter_mut().find(|(c, m, _)| *c == code && *m == message) {
             Some((_, _, keep)) => keep.push(at),
             None => self.local.push((code, message, vec![at])),
@@ -327,9 +337,28 @@ pub async fn route<T: Split>(
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let mut body: T = req.decode(T::WHAT)?;
-    let changed = body.prepare(req.version());
+    let mut changed = body.prepare(req.version());
+    let rejected = if gw.filters.is_empty() {
+        Vec::new()
+    } else {
+        let client_id = req.header.client_id.as_deref().unwrap_or("");
+        let (filtered, rejected) = body.run_filters(gw, client_id);
+        changed |= filtered;
+        rejected
+    };
     let keys = body.keys();
-    let plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE).await;
+    let mut plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE).await;
+    for (at, message) in rejected {
+        for keep in plan.brokers.values_mut() {
+            keep.retain(|p| *p != at);
+        }
+        for (_, _, keep) in &mut plan.local {
+            keep.retain(|p| *p != at);
+        }
+        plan.fail(code::POLICY_VIOLATION, message, at);
+    }
+    plan.brokers.retain(|_, keep| !keep.is_empty());
+    plan.local.retain(|(_, _, keep)| !keep.is_empty());
     let expects = body.expects_response();
 
     // Batches of an idempotent producer bound for a cluster other than the one
@@ -448,6 +477,7 @@ pub async fn route<T: Split>(
         for (code, message, keep) in local {
             T::merge(&mut acc, body.failed_with(&keep, code, &message));
         }
+        T::fit_version(&mut acc, version);
         Ok(encode_response(&acc, version, header, T::RESP_WHAT)?)
     })))
 }
@@ -541,6 +571,11 @@ impl Split for ProduceRequest {
     }
 
     fn failed(&self, keep: &Positions, code: i16) -> ProduceResponse {
+        self.failed_with(keep, code, "")
+    }
+
+    fn failed_with(&self, keep: &Positions, code: i16, message: &str) -> ProduceResponse {
+        let message = (!message.is_empty()).then(|| StrBytes::from_string(message.to_string()));
         let chosen = chosen_partitions(&self.keys(), keep);
         let mut out = ProduceResponse::default();
         for (ti, ps) in chosen {
@@ -555,6 +590,7 @@ impl Split for ProduceRequest {
                                 produce_response::PartitionProduceResponse::default()
                                     .with_index(p)
                                     .with_error_code(code)
+                                    .with_error_message(message.clone())
                                     .with_base_offset(-1)
                             })
                             .collect(),
@@ -603,6 +639,47 @@ impl Split for ProduceRequest {
 
     fn expects_response(&self) -> bool {
         self.acks != 0
+    }
+
+    fn run_filters(&mut self, gw: &Gateway, client_id: &str) -> (bool, Rejected) {
+        use crate::plugins::filter::{BatchContext, Direction};
+        use crate::plugins::Outcome;
+        let mut changed = false;
+        let mut rejected = Vec::new();
+        for (ti, t) in self.topic_data.iter_mut().enumerate() {
+            if !gw.filters.applies(Direction::Produce, &t.name.0) {
+                continue;
+            }
+            for (pi, p) in t.partition_data.iter_mut().enumerate() {
+                let Some(records) = &p.records else { continue };
+                let context = BatchContext {
+                    direction: Direction::Produce,
+                    topic: t.name.0.to_string(),
+                    partition: p.index,
+                    principal: "ANONYMOUS".into(),
+                    client_id: client_id.to_string(),
+                };
+                match gw.filters.run(&context, records) {
+                    Outcome::Unchanged => {}
+                    Outcome::Changed(bytes) => {
+                        p.records = Some(bytes);
+                        changed = true;
+                    }
+                    Outcome::Rejected(message) => rejected.push(((ti, pi), message)),
+                }
+            }
+        }
+        (changed, rejected)
+    }
+
+    fn fit_version(resp: &mut ProduceResponse, version: i16) {
+        if version < 8 {
+            for t in &mut resp.responses {
+                for p in &mut t.partition_responses {
+                    p.error_message = None;
+                }
+            }
+        }
     }
 
     fn idempotent_producer(&self) -> Option<(i64, i16)> {

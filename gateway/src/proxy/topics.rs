@@ -178,6 +178,13 @@ impl Split for DeleteTopicsRequest {
     fn leaders_moved(resp: &Self::Resp) -> bool {
         resp.responses.iter().any(|t| moved(t.error_code))
     }
+    fn fit_version(resp: &mut Self::Resp, version: i16) {
+        if version < 5 {
+            for t in &mut resp.responses {
+                t.error_message = None;
+            }
+        }
+    }
     fn rename(&mut self, names: &Names) -> bool {
         let mut changed = false;
         for n in &mut self.topic_names {

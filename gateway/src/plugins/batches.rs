@@ -1,0 +1,247 @@
+//! Record batches as filters see them: decoded once, verdicts applied, encoded
+//! again with the original compression only when something changed.
+//!
+//! For a producer with an id (idempotent or transactional), the broker checks
+//! sequence numbers against the record count of each batch, so dropping or
+//! adding records would make its next batch look out of order: such batches
+//! may have records replaced, never dropped or added, and a filter that tries is
+//! refused with a message saying so.
+
+use bytes::{Bytes, BytesMut};
+use indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
+
+use super::filter::{Direction, Header, KafkaRecord, Verdict};
+
+/// Records one batch may declare before Causeway refuses to decode it.
+const MAX_RECORDS: i32 = 1_000_000;
+
+/// Whether applying verdicts changed anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Same,
+    Changed,
+    Refused(String),
+}
+
+/// The records of a produce request's or fetch answer's partition.
+#[derive(Debug)]
+pub struct Decoded {
+    records: Vec<Record>,
+    compression: Compression,
+}
+
+/// Decodes every v2 batch in `bytes`.
+pub fn decode(bytes: &Bytes) -> anyhow::Result<Decoded> {
+    let mut probe = bytes.clone();
+    for info in RecordBatchDecoder::decode_batch_info(&mut probe)? {
+        if info.record_count > MAX_RECORDS {
+            anyhow::bail!("a batch declares {} records; at most {MAX_RECORDS} are accepted", info.record_count);
+        }
+    }
+    let mut buf = bytes.clone();
+    let mut records = Vec::new();
+    let mut compression = Compression::None;
+    for (i, set) in RecordBatchDecoder::decode_all(&mut buf)?.into_iter().enumerate() {
+        if i == 0 {
+            compression = set.compression;
+        }
+        records.extend(set.records);
+    }
+    Ok(Decoded { records, compression })
+}
+
+fn to_wit(r: &Record) -> KafkaRecord {
+    KafkaRecord {
+        key: r.key.as_ref().map(|k| k.to_vec()),
+        value: r.value.as_ref().map(|v| v.to_vec()),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| Header {
+                key: k.to_string(),
+                value: v.as_ref().map(|v| v.to_vec()),
+            })
+            .collect(),
+        timestamp: r.timestamp,
+    }
+}
+
+fn from_wit(template: &Record, r: KafkaRecord) -> Record {
+    let mut headers = IndexMap::new();
+    for h in r.headers {
+        headers.insert(StrBytes::from_string(h.key), h.value.map(Bytes::from));
+    }
+    Record {
+        key: r.key.map(Bytes::from),
+        value: r.value.map(Bytes::from),
+        headers,
+        timestamp: r.timestamp,
+        ..template.clone()
+    }
+}
+
+impl Decoded {
+    /// The records as the plugin interface carries them.
+    pub fn view(&self) -> Vec<KafkaRecord> {
+        self.records.iter().filter(|r| !r.control).map(to_wit).collect()
+    }
+
+    /// Applies one verdict per (non-control) record.
+    pub fn apply(&mut self, verdicts: Vec<Verdict>, direction: Direction) -> Applied {
+        let producer = self.records.first().is_some_and(|r| r.producer_id >= 0);
+        let base = self.records.first().map(|r| (r.offset, r.sequence));
+        let mut out = Vec::with_capacity(self.records.len());
+        let mut changed = false;
+        let mut verdicts = verdicts.into_iter();
+        for record in std::mem::take(&mut self.records) {
+            if record.control {
+                out.push(record);
+                continue;
+            }
+            match verdicts.next() {
+                None | Some(Verdict::Pass) => out.push(record),
+                Some(Verdict::Replace(r)) => {
+                    out.push(from_wit(&record, r));
+                    changed = true;
+                }
+                Some(Verdict::Drop) => {
+                    if direction == Direction::Produce && producer {
+                        return Applied::Refused(
+                            "dropped a record of an idempotent or transactional producer's batch; its sequence numbers would break (reject the batch or replace the record instead)".into(),
+                        );
+                    }
+                    changed = true;
+                }
+                Some(Verdict::FanOut(list)) => {
+                    if direction == Direction::Fetch {
+                        return Applied::Refused("fan-out applies to produce only; a fetch answer keeps the broker's offsets".into());
+                    }
+                    if producer && list.len() != 1 {
+                        return Applied::Refused(
+                            "fanned out a record of an idempotent or transactional producer's batch; its sequence numbers would break".into(),
+                        );
+                    }
+                    for r in list {
+                        out.push(from_wit(&record, r));
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if direction == Direction::Produce {
+            // Offsets and sequences of a produce batch are relative: renumber.
+            if let Some((base_offset, base_sequence)) = base {
+                for (i, r) in out.iter_mut().enumerate() {
+                    r.offset = base_offset + i as i64;
+                    if r.producer_id >= 0 {
+                        r.sequence = base_sequence.wrapping_add(i as i32);
+                    }
+                }
+            }
+        }
+        self.records = out;
+        if changed {
+            Applied::Changed
+        } else {
+            Applied::Same
+        }
+    }
+
+    /// Encodes the records again, with the compression they came with.
+    pub fn encode(&self) -> anyhow::Result<Bytes> {
+        let mut buf = BytesMut::new();
+        if self.records.is_empty() {
+            return Ok(buf.freeze());
+        }
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: self.compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, self.records.iter(), &options)?;
+        Ok(buf.freeze())
+    }
+}
+
+/// A record for tests.
+#[cfg(test)]
+pub fn record(offset: i64, key: &str, value: &str) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp: 1_700_000_000_000 + offset,
+        key: Some(Bytes::from(key.to_string())),
+        value: Some(Bytes::from(value.to_string())),
+        headers: IndexMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(records: &[Record], compression: Compression) -> Bytes {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression })
+            .expect("encode");
+        buf.freeze()
+    }
+
+    #[test]
+    fn verdicts_drop_replace_and_fan_out_keep_compression() {
+        let bytes = batch(&[record(0, "a", "1"), record(1, "b", "2"), record(2, "c", "3")], Compression::Zstd);
+        let mut d = decode(&bytes).expect("decode");
+        assert_eq!(d.view().len(), 3);
+        let replaced = KafkaRecord {
+            key: Some(b"b".to_vec()),
+            value: Some(b"masked".to_vec()),
+            headers: vec![Header { key: "h".into(), value: Some(b"v".to_vec()) }],
+            timestamp: 5,
+        };
+        let applied = d.apply(
+            vec![Verdict::Drop, Verdict::Replace(replaced.clone()), Verdict::FanOut(vec![replaced.clone(), replaced])],
+            Direction::Produce,
+        );
+        assert_eq!(applied, Applied::Changed);
+        let out = d.encode().expect("encode");
+        let again = decode(&out).expect("decode again");
+        assert_eq!(again.compression, Compression::Zstd);
+        let values: Vec<_> = again.records.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
+        assert_eq!(values, vec![Bytes::from("masked"); 3]);
+        let offsets: Vec<_> = again.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2], "produce offsets renumbered from the base");
+    }
+
+    #[test]
+    fn all_pass_is_the_same() {
+        let bytes = batch(&[record(0, "a", "1")], Compression::None);
+        let mut d = decode(&bytes).expect("decode");
+        assert_eq!(d.apply(vec![Verdict::Pass], Direction::Produce), Applied::Same);
+    }
+
+    #[test]
+    fn idempotent_batches_may_not_lose_records() {
+        let mut r = record(0, "a", "1");
+        r.producer_id = 7;
+        r.producer_epoch = 0;
+        r.sequence = 0;
+        let bytes = batch(&[r], Compression::None);
+        let mut d = decode(&bytes).expect("decode");
+        assert!(matches!(d.apply(vec![Verdict::Drop], Direction::Produce), Applied::Refused(_)));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode(&Bytes::from_static(&[0, 1, 2])).is_err());
+    }
+}

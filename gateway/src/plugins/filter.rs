@@ -1,0 +1,329 @@
+//! Record filters: the `record-filter` world, its instances, and the chain the
+//! produce and fetch paths run.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+use super::batches::{self, Applied};
+use super::{PluginConfig, TICK};
+use crate::routing::Glob;
+use crate::telemetry;
+
+/// The `record-filter` world of `wit/plugin.wit`, as Rust types and bindings.
+pub mod wit {
+    wasmtime::component::bindgen!({
+        world: "record-filter",
+        path: "../wit/plugin.wit",
+    });
+}
+
+use wit::causeway::plugin as api;
+pub use api::records::{BatchContext, Direction, Header, KafkaRecord, Verdict};
+use wit::{RecordFilter, RecordFilterPre};
+
+/// Failures in a row after which a plugin is backed off.
+const FAILURES_BEFORE_BACKOFF: u32 = 3;
+/// How long a failing plugin is not called.
+const BACKOFF: Duration = Duration::from_secs(10);
+/// Ready instances kept per plugin.
+const SPARE_INSTANCES: usize = 8;
+
+/// What a plugin's instance owns.
+pub struct HostState {
+    plugin: Arc<str>,
+    limits: StoreLimits,
+}
+
+impl api::host::Host for HostState {
+    fn log(&mut self, level: api::host::Level, message: String) {
+        use api::host::Level;
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn count(&mut self, name: String, delta: u64) {
+        telemetry::plugin_counter(&self.plugin, &name, delta);
+    }
+}
+
+impl api::records::Host for HostState {}
+
+/// A ready instance.
+struct Instance {
+    store: Store<HostState>,
+    bindings: RecordFilter,
+}
+
+/// One loaded record filter.
+pub struct Filter {
+    pub name: Arc<str>,
+    scope: Glob,
+    produce: bool,
+    fetch: bool,
+    /// Whether a failed call passes the batch on (`true`) or rejects it.
+    pass_on_error: bool,
+    config: String,
+    memory: usize,
+    timeout_ticks: u64,
+    pre: RecordFilterPre<HostState>,
+    engine: Engine,
+    spare: Mutex<Vec<Instance>>,
+    failures: AtomicU32,
+    backed_off_until: Mutex<Option<Instant>>,
+}
+
+/// What a filter chain did to one batch.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every record passed: the original bytes go on.
+    Unchanged,
+    /// Some records changed: these bytes go on instead.
+    Changed(Bytes),
+    /// A plugin rejected the batch, or failed with `on_error = "reject"`.
+    Rejected(String),
+}
+
+impl Filter {
+    /// Compiles the component, links the host, and makes sure one instance
+    /// initialises with the configured string.
+    pub fn load(engine: &Engine, config: &PluginConfig, scope: Glob) -> anyhow::Result<Self> {
+        let component = Component::from_file(engine, &config.path)
+            .map_err(|e| anyhow::anyhow!("plugin '{}': cannot load {}: {e}", config.name, config.path))?;
+        let mut linker: Linker<HostState> = Linker::new(engine);
+        RecordFilter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let pre = RecordFilterPre::new(linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin '{}': {} is not a record-filter component of causeway:plugin@0.1.0: {e}",
+                config.name,
+                config.path
+            )
+        })?)?;
+        let filter = Self {
+            name: Arc::from(config.name.as_str()),
+            scope,
+            produce: config.on.iter().any(|d| d == "produce"),
+            fetch: config.on.iter().any(|d| d == "fetch"),
+            pass_on_error: config.on_error == "pass",
+            config: config.config.clone(),
+            memory: (config.memory_mb as usize) << 20,
+            timeout_ticks: (config.timeout_ms / TICK.as_millis().max(1) as u64).max(1),
+            pre,
+            engine: engine.clone(),
+            spare: Mutex::new(Vec::new()),
+            failures: AtomicU32::new(0),
+            backed_off_until: Mutex::new(None),
+        };
+        let first = filter
+            .instantiate()
+            .map_err(|e| anyhow::anyhow!("plugin '{}': {e}", config.name))?;
+        filter.put_back(first);
+        tracing::info!(plugin = %filter.name, path = %config.path, "plugin loaded");
+        Ok(filter)
+    }
+
+    fn instantiate(&self) -> anyhow::Result<Instance> {
+        let limits = StoreLimitsBuilder::new().memory_size(self.memory).instances(16).build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                plugin: self.name.clone(),
+                limits,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.timeout_ticks);
+        let bindings = self.pre.instantiate(&mut store)?;
+        match bindings.call_init(&mut store, &self.config)? {
+            Ok(()) => Ok(Instance { store, bindings }),
+            Err(message) => Err(anyhow::anyhow!("init refused its config: {message}")),
+        }
+    }
+
+    fn take(&self) -> anyhow::Result<Instance> {
+        let spare = match self.spare.lock() {
+            Ok(mut s) => s.pop(),
+            Err(p) => p.into_inner().pop(),
+        };
+        match spare {
+            Some(i) => Ok(i),
+            None => self.instantiate(),
+        }
+    }
+
+    fn put_back(&self, instance: Instance) {
+        let mut spare = match self.spare.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        if spare.len() < SPARE_INSTANCES {
+            spare.push(instance);
+        }
+    }
+
+    /// Whether this filter sees batches of `topic` going `direction`.
+    pub fn applies(&self, direction: Direction, topic: &str) -> bool {
+        let on = match direction {
+            Direction::Produce => self.produce,
+            Direction::Fetch => self.fetch,
+        };
+        on && self.scope.matches(topic)
+    }
+
+    fn backed_off(&self) -> bool {
+        let until = match self.backed_off_until.lock() {
+            Ok(u) => *u,
+            Err(p) => *p.into_inner(),
+        };
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Runs the plugin on `records`: one verdict per record, or the batch's
+    /// rejection. A failure (trap, deadline, memory, init) is `Err`.
+    fn call(&self, context: &BatchContext, records: &[KafkaRecord]) -> Result<Result<Vec<Verdict>, String>, String> {
+        let mut instance = self.take().map_err(|e| e.to_string())?;
+        instance.store.set_epoch_deadline(self.timeout_ticks);
+        let started = Instant::now();
+        let outcome = instance.bindings.call_filter(&mut instance.store, context, records);
+        telemetry::plugin_call(&self.name, started.elapsed());
+        match outcome {
+            Ok(answer) => {
+                self.put_back(instance);
+                Ok(answer)
+            }
+            // The instance is dropped: its state may be broken.
+            Err(trap) => Err(format!("{trap:#}")),
+        }
+    }
+
+    /// Runs the filter on one batch as its policy says, counting failures.
+    fn run(&self, context: &BatchContext, records: &[KafkaRecord]) -> Step {
+        if self.backed_off() {
+            return self.on_failure(format!("plugin '{}' is backed off after repeated failures", self.name));
+        }
+        match self.call(context, records) {
+            Ok(Ok(verdicts)) => {
+                self.failures.store(0, Ordering::Relaxed);
+                if verdicts.len() != records.len() {
+                    return self.on_failure(format!(
+                        "plugin '{}' answered {} verdicts for {} records",
+                        self.name,
+                        verdicts.len(),
+                        records.len()
+                    ));
+                }
+                Step::Verdicts(verdicts)
+            }
+            Ok(Err(message)) => {
+                self.failures.store(0, Ordering::Relaxed);
+                telemetry::plugin_rejected(&self.name);
+                Step::Reject(message)
+            }
+            Err(why) => {
+                telemetry::plugin_trap(&self.name);
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(plugin = %self.name, failures = n, error = %why, "plugin call failed");
+                if n >= FAILURES_BEFORE_BACKOFF {
+                    if let Ok(mut until) = self.backed_off_until.lock() {
+                        *until = Some(Instant::now() + BACKOFF);
+                    }
+                    self.failures.store(0, Ordering::Relaxed);
+                    tracing::error!(plugin = %self.name, backoff = ?BACKOFF, "plugin keeps failing; backing off");
+                }
+                self.on_failure(format!("plugin '{}' failed: {why}", self.name))
+            }
+        }
+    }
+
+    fn on_failure(&self, why: String) -> Step {
+        if self.pass_on_error {
+            Step::Pass
+        } else {
+            Step::Reject(why)
+        }
+    }
+}
+
+/// One filter's decision on a batch.
+enum Step {
+    Verdicts(Vec<Verdict>),
+    Pass,
+    Reject(String),
+}
+
+/// The filters in config order.
+#[derive(Default)]
+pub struct FilterChain {
+    filters: Vec<Filter>,
+}
+
+impl std::fmt::Debug for FilterChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.filters.iter().map(|x| &x.name)).finish()
+    }
+}
+
+impl FilterChain {
+    pub fn push(&mut self, filter: Filter) {
+        self.filters.push(filter);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Whether any filter sees `topic` going `direction`.
+    pub fn applies(&self, direction: Direction, topic: &str) -> bool {
+        self.filters.iter().any(|f| f.applies(direction, topic))
+    }
+
+    /// Runs every filter that applies on the record batches in `records`, in
+    /// order, each seeing what the previous one left.
+    pub fn run(&self, context: &BatchContext, records: &Bytes) -> Outcome {
+        let applying: Vec<&Filter> = self
+            .filters
+            .iter()
+            .filter(|f| f.applies(context.direction, &context.topic))
+            .collect();
+        if applying.is_empty() {
+            return Outcome::Unchanged;
+        }
+        let mut decoded = match batches::decode(records) {
+            Ok(d) => d,
+            Err(e) => return Outcome::Rejected(format!("cannot read the record batches: {e}")),
+        };
+        let mut changed = false;
+        for filter in applying {
+            let view = decoded.view();
+            match filter.run(context, &view) {
+                Step::Pass => {}
+                Step::Reject(message) => return Outcome::Rejected(message),
+                Step::Verdicts(verdicts) => match decoded.apply(verdicts, context.direction) {
+                    Applied::Same => {}
+                    Applied::Changed => changed = true,
+                    Applied::Refused(why) => return Outcome::Rejected(format!("plugin '{}': {why}", filter.name)),
+                },
+            }
+        }
+        if !changed {
+            return Outcome::Unchanged;
+        }
+        match decoded.encode() {
+            Ok(bytes) => {
+                telemetry::plugin_changed(context.direction == Direction::Produce);
+                Outcome::Changed(bytes)
+            }
+            Err(e) => Outcome::Rejected(format!("cannot write the filtered records: {e}")),
+        }
+    }
+}
