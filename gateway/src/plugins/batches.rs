@@ -32,6 +32,8 @@ pub enum Applied {
 pub struct Decoded {
     records: Vec<Record>,
     compression: Compression,
+    /// The offset of the last record as decoded.
+    last_offset: Option<i64>,
 }
 
 /// Decodes every v2 batch in `bytes`.
@@ -51,7 +53,12 @@ pub fn decode(bytes: &Bytes) -> anyhow::Result<Decoded> {
         }
         records.extend(set.records);
     }
-    Ok(Decoded { records, compression })
+    let last_offset = records.iter().map(|r| r.offset).max();
+    Ok(Decoded {
+        records,
+        compression,
+        last_offset,
+    })
 }
 
 fn to_wit(r: &Record) -> KafkaRecord {
@@ -151,19 +158,47 @@ impl Decoded {
         }
     }
 
-    /// Encodes the records again, with the compression they came with.
-    pub fn encode(&self) -> anyhow::Result<Bytes> {
+    /// Encodes the records again, with the compression they came with. For a
+    /// fetch answer whose last records were dropped, an empty batch ends at the
+    /// last offset read, so the consumer moves past them (as after compaction).
+    pub fn encode(&self, direction: Direction) -> anyhow::Result<Bytes> {
         let mut buf = BytesMut::new();
-        if self.records.is_empty() {
-            return Ok(buf.freeze());
+        if !self.records.is_empty() {
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: self.compression,
+            };
+            RecordBatchEncoder::encode(&mut buf, self.records.iter(), &options)?;
         }
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: self.compression,
-        };
-        RecordBatchEncoder::encode(&mut buf, self.records.iter(), &options)?;
+        let kept = self.records.iter().map(|r| r.offset).max();
+        if let (Direction::Fetch, Some(last)) = (direction, self.last_offset) {
+            if kept.is_none_or(|k| k < last) {
+                empty_batch(&mut buf, last);
+            }
+        }
         Ok(buf.freeze())
     }
+}
+
+/// A v2 batch with no records at `offset`: what compaction leaves of a batch
+/// whose records all went.
+fn empty_batch(buf: &mut BytesMut, offset: i64) {
+    use bytes::BufMut;
+    let mut body = BytesMut::with_capacity(49);
+    body.put_i16(0); // attributes
+    body.put_i32(0); // last offset delta
+    body.put_i64(-1); // first timestamp
+    body.put_i64(-1); // max timestamp
+    body.put_i64(-1); // producer id
+    body.put_i16(-1); // producer epoch
+    body.put_i32(-1); // base sequence
+    body.put_i32(0); // records
+    buf.put_i64(offset);
+    buf.put_i32((4 + 1 + 4 + body.len()) as i32); // leader epoch, magic, crc, rest
+    buf.put_i32(-1); // partition leader epoch
+    buf.put_i8(2);
+    buf.put_u32(crc32c::crc32c(&body));
+    buf.put_slice(&body);
 }
 
 /// A record for tests.
@@ -213,7 +248,7 @@ mod tests {
             Direction::Produce,
         );
         assert_eq!(applied, Applied::Changed);
-        let out = d.encode().expect("encode");
+        let out = d.encode(Direction::Produce).expect("encode");
         let again = decode(&out).expect("decode again");
         assert_eq!(again.compression, Compression::Zstd);
         let values: Vec<_> = again.records.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
@@ -238,6 +273,25 @@ mod tests {
         let bytes = batch(&[r], Compression::None);
         let mut d = decode(&bytes).expect("decode");
         assert!(matches!(d.apply(vec![Verdict::Drop], Direction::Produce), Applied::Refused(_)));
+    }
+
+    #[test]
+    fn a_fetch_whose_last_records_went_still_ends_at_their_offset() {
+        let bytes = batch(&[record(10, "a", "1"), record(11, "b", "2"), record(12, "c", "3")], Compression::Lz4);
+        let mut d = decode(&bytes).expect("decode");
+        assert_eq!(d.apply(vec![Verdict::Pass, Verdict::Drop, Verdict::Drop], Direction::Fetch), Applied::Changed);
+        let out = d.encode(Direction::Fetch).expect("encode");
+        let headers: Vec<_> = crate::codec::batches::headers(&out).collect();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[0].base_offset, 10);
+        assert_eq!(headers[1].base_offset + i64::from(headers[1].last_offset_delta), 12, "the consumer moves on to 13");
+        let again = decode(&out).expect("an empty batch decodes");
+        assert_eq!(again.records.len(), 1);
+        assert_eq!(again.records[0].offset, 10, "offsets are the broker's");
+        let mut all = decode(&bytes).expect("decode");
+        all.apply(vec![Verdict::Drop; 3], Direction::Fetch);
+        let out = all.encode(Direction::Fetch).expect("encode");
+        assert_eq!(crate::codec::batches::headers(&out).count(), 1);
     }
 
     #[test]

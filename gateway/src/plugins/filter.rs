@@ -318,7 +318,7 @@ impl FilterChain {
         if !changed {
             return Outcome::Unchanged;
         }
-        match decoded.encode() {
+        match decoded.encode(context.direction) {
             Ok(bytes) => {
                 telemetry::plugin_changed(context.direction == Direction::Produce);
                 Outcome::Changed(bytes)

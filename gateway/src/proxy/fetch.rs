@@ -150,6 +150,7 @@ pub async fn route(
                         let gw = gw.clone();
                         let broker = *broker;
                         let read_committed = body.isolation_level;
+                        let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
                         async move {
                             let resp = await_reply(reply).await.map_err(|e| Arc::new(e.to_string()))?;
                             let mut out: FetchResponse = resp
@@ -166,6 +167,9 @@ pub async fn route(
                             FetchRequest::default()
                                 .with_isolation_level(read_committed)
                                 .rewrite(&mut out, &gw);
+                            if !gw.filters.is_empty() {
+                                super::partitioned::filter_fetch(&mut out, &gw, &client_id);
+                            }
                             Ok(out)
                         }
                         .boxed()

@@ -157,6 +157,11 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn run_filters(&mut self, _gw: &Gateway, _client_id: &str) -> (bool, Rejected) {
         (false, Vec::new())
     }
+    /// Runs the record filters over an answer's records (fetch); whether
+    /// anything changed.
+    fn filter_answer(_resp: &mut Self::Resp, _gw: &Gateway, _client_id: &str) -> bool {
+        false
+    }
     /// Removes what the answer's version cannot carry (error messages, say).
     fn fit_version(_resp: &mut Self::Resp, _version: i16) {}
     /// The idempotent (not transactional) producer id and epoch of the batches.
@@ -438,6 +443,7 @@ pub async fn route<T: Split>(
     }
     body.release();
     let (version, header) = (req.version(), req.response_header_version());
+    let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
     drop(req);
 
     let gw = gw.clone();
@@ -458,7 +464,10 @@ pub async fn route<T: Split>(
                     if renamed {
                         T::rename_back(&mut part, &names);
                     }
-                    let rewritten = body.rewrite(&mut part, &gw);
+                    let mut rewritten = body.rewrite(&mut part, &gw);
+                    if !gw.filters.is_empty() {
+                        rewritten |= T::filter_answer(&mut part, &gw, &client_id);
+                    }
                     if only_one && !rewritten && !renamed {
                         return Ok(resp.after_correlation_id());
                     }
@@ -759,6 +768,10 @@ impl Split for FetchRequest {
         changed
     }
 
+    fn filter_answer(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> bool {
+        filter_fetch(resp, gw, client_id)
+    }
+
     fn rename_back(resp: &mut FetchResponse, names: &Names) {
         for t in &mut resp.responses {
             names.topic(&mut t.topic.0);
@@ -858,6 +871,55 @@ impl Split for FetchRequest {
         }
         changed
     }
+}
+
+/// Runs the record filters over a fetch answer's records. Topics fetched by id
+/// are named from the cluster metadata Causeway holds. A rejected partition
+/// carries POLICY_VIOLATION instead of its records.
+pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> bool {
+    use crate::plugins::filter::{BatchContext, Direction};
+    use crate::plugins::Outcome;
+    let router = gw.router();
+    let mut changed = false;
+    for t in &mut resp.responses {
+        let name = if t.topic.0.is_empty() {
+            gw.backends
+                .clusters
+                .iter()
+                .enumerate()
+                .find_map(|(ci, c)| router.client_name(ci, &c.topic_name(&t.topic_id)?).map(|n| n.into_owned()))
+        } else {
+            Some(t.topic.0.to_string())
+        };
+        let Some(name) = name else { continue };
+        if !gw.filters.applies(Direction::Fetch, &name) {
+            continue;
+        }
+        for p in &mut t.partitions {
+            let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else { continue };
+            let context = BatchContext {
+                direction: Direction::Fetch,
+                topic: name.clone(),
+                partition: p.partition_index,
+                principal: "ANONYMOUS".into(),
+                client_id: client_id.to_string(),
+            };
+            match gw.filters.run(&context, records) {
+                Outcome::Unchanged => {}
+                Outcome::Changed(bytes) => {
+                    p.records = Some(bytes);
+                    changed = true;
+                }
+                Outcome::Rejected(message) => {
+                    tracing::warn!(topic = %name, partition = p.partition_index, %message, "fetch answer rejected by a plugin");
+                    p.error_code = code::POLICY_VIOLATION;
+                    p.records = Some(bytes::Bytes::new());
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
 }
 
 /// `Split` for a request whose topics and answers are plain name + partitions
