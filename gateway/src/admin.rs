@@ -29,6 +29,7 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     pub backends: Backends,
     pub routes: Arc<RouteControl>,
+    pub filters: Arc<crate::plugins::FilterChain>,
 }
 
 /// Serves admin requests until the listener fails.
@@ -83,6 +84,32 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             change_reply(admin.routes.replace(put.routes))
         }
         (&Method::POST, "/reload") => change_reply(admin.routes.reload()),
+        (&Method::GET, "/plugins") => {
+            let list: Vec<_> = admin
+                .filters
+                .filters()
+                .iter()
+                .map(|f| serde_json::json!({"name": &*f.name, "kind": "record-filter", "path": f.path}))
+                .collect();
+            reply(StatusCode::OK, "application/json", serde_json::json!({ "plugins": list }).to_string() + "\n")
+        }
+        (&Method::POST, path) if path.starts_with("/plugins/") && path.ends_with("/reload") => {
+            let name = path.trim_start_matches("/plugins/").trim_end_matches("/reload").trim_end_matches('/');
+            let results = admin.filters.reload(if name.is_empty() { None } else { Some(name) });
+            if results.is_empty() {
+                return reply(StatusCode::NOT_FOUND, "application/json", format!("{}\n", serde_json::json!({"problems": [{"field": "plugin", "message": format!("no plugin named '{name}'")}]})));
+            }
+            let failed = results.iter().any(|(_, r)| r.is_err());
+            let body: Vec<_> = results
+                .iter()
+                .map(|(n, r)| match r {
+                    Ok(()) => serde_json::json!({"name": n, "reloaded": true}),
+                    Err(e) => serde_json::json!({"name": n, "reloaded": false, "error": e}),
+                })
+                .collect();
+            let status = if failed { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+            reply(status, "application/json", serde_json::json!({ "plugins": body }).to_string() + "\n")
+        }
         (_, "/routes") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET or PUT\n".into()),
         (_, "/reload") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n".into()),
         (m, _) if m != Method::GET && m != Method::HEAD => {

@@ -68,6 +68,7 @@ pub async fn start(
                 metrics: metrics.clone(),
                 backends: backends.clone(),
                 routes: routes.clone(),
+                filters: gateway.filters.clone(),
             });
             tokio::spawn(admin::serve(admin, admin_listener));
             Some(bound)

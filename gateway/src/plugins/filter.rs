@@ -2,8 +2,8 @@
 //! produce and fetch paths run.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -65,9 +65,18 @@ struct Instance {
     bindings: RecordFilter,
 }
 
+/// One compiled version of a plugin's component and its ready instances.
+struct Generation {
+    pre: RecordFilterPre<HostState>,
+    spare: Mutex<Vec<Instance>>,
+    /// The file's modification time when it was compiled.
+    modified: Option<SystemTime>,
+}
+
 /// One loaded record filter.
 pub struct Filter {
     pub name: Arc<str>,
+    pub path: String,
     scope: Glob,
     produce: bool,
     fetch: bool,
@@ -76,9 +85,9 @@ pub struct Filter {
     config: String,
     memory: usize,
     timeout_ticks: u64,
-    pre: RecordFilterPre<HostState>,
     engine: Engine,
-    spare: Mutex<Vec<Instance>>,
+    /// Swapped whole by a reload; calls under way finish on the one they took.
+    current: RwLock<Arc<Generation>>,
     failures: AtomicU32,
     backed_off_until: Mutex<Option<Instant>>,
 }
@@ -98,19 +107,11 @@ impl Filter {
     /// Compiles the component, links the host, and makes sure one instance
     /// initialises with the configured string.
     pub fn load(engine: &Engine, config: &PluginConfig, scope: Glob) -> anyhow::Result<Self> {
-        let component = Component::from_file(engine, &config.path)
-            .map_err(|e| anyhow::anyhow!("plugin '{}': cannot load {}: {e}", config.name, config.path))?;
-        let mut linker: Linker<HostState> = Linker::new(engine);
-        RecordFilter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let pre = RecordFilterPre::new(linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!(
-                "plugin '{}': {} is not a record-filter component of causeway:plugin@0.1.0: {e}",
-                config.name,
-                config.path
-            )
-        })?)?;
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let generation = compile(engine, &name, &config.path)?;
         let filter = Self {
-            name: Arc::from(config.name.as_str()),
+            name,
+            path: config.path.clone(),
             scope,
             produce: config.on.iter().any(|d| d == "produce"),
             fetch: config.on.iter().any(|d| d == "fetch"),
@@ -118,21 +119,54 @@ impl Filter {
             config: config.config.clone(),
             memory: (config.memory_mb as usize) << 20,
             timeout_ticks: (config.timeout_ms / TICK.as_millis().max(1) as u64).max(1),
-            pre,
             engine: engine.clone(),
-            spare: Mutex::new(Vec::new()),
+            current: RwLock::new(Arc::new(generation)),
             failures: AtomicU32::new(0),
             backed_off_until: Mutex::new(None),
         };
+        let generation = filter.generation();
         let first = filter
-            .instantiate()
+            .instantiate(&generation)
             .map_err(|e| anyhow::anyhow!("plugin '{}': {e}", config.name))?;
-        filter.put_back(first);
+        put_back(&generation, first);
         tracing::info!(plugin = %filter.name, path = %config.path, "plugin loaded");
         Ok(filter)
     }
 
-    fn instantiate(&self) -> anyhow::Result<Instance> {
+    /// Compiles the component file again and, once a fresh instance of it has
+    /// initialised, swaps it in: the next batch runs the new code, batches under
+    /// way finish on the old. On any error the old code stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let generation = compile(&self.engine, &self.name, &self.path)?;
+        let first = self.instantiate(&generation)?;
+        put_back(&generation, first);
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(generation),
+            Err(p) => *p.into_inner() = Arc::new(generation),
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        if let Ok(mut until) = self.backed_off_until.lock() {
+            *until = None;
+        }
+        tracing::info!(plugin = %self.name, path = %self.path, "plugin reloaded");
+        Ok(())
+    }
+
+    /// Reloads if the component file changed since it was compiled.
+    pub fn reload_if_changed(&self) -> Option<anyhow::Result<()>> {
+        let now = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let was = self.generation().modified;
+        (now.is_some() && now != was).then(|| self.reload())
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn instantiate(&self, generation: &Generation) -> anyhow::Result<Instance> {
         let limits = StoreLimitsBuilder::new().memory_size(self.memory).instances(16).build();
         let mut store = Store::new(
             &self.engine,
@@ -143,31 +177,21 @@ impl Filter {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.timeout_ticks);
-        let bindings = self.pre.instantiate(&mut store)?;
+        let bindings = generation.pre.instantiate(&mut store)?;
         match bindings.call_init(&mut store, &self.config)? {
             Ok(()) => Ok(Instance { store, bindings }),
             Err(message) => Err(anyhow::anyhow!("init refused its config: {message}")),
         }
     }
 
-    fn take(&self) -> anyhow::Result<Instance> {
-        let spare = match self.spare.lock() {
+    fn take(&self, generation: &Generation) -> anyhow::Result<Instance> {
+        let spare = match generation.spare.lock() {
             Ok(mut s) => s.pop(),
             Err(p) => p.into_inner().pop(),
         };
         match spare {
             Some(i) => Ok(i),
-            None => self.instantiate(),
-        }
-    }
-
-    fn put_back(&self, instance: Instance) {
-        let mut spare = match self.spare.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        if spare.len() < SPARE_INSTANCES {
-            spare.push(instance);
+            None => self.instantiate(generation),
         }
     }
 
@@ -191,14 +215,15 @@ impl Filter {
     /// Runs the plugin on `records`: one verdict per record, or the batch's
     /// rejection. A failure (trap, deadline, memory, init) is `Err`.
     fn call(&self, context: &BatchContext, records: &[KafkaRecord]) -> Result<Result<Vec<Verdict>, String>, String> {
-        let mut instance = self.take().map_err(|e| e.to_string())?;
+        let generation = self.generation();
+        let mut instance = self.take(&generation).map_err(|e| e.to_string())?;
         instance.store.set_epoch_deadline(self.timeout_ticks);
         let started = Instant::now();
         let outcome = instance.bindings.call_filter(&mut instance.store, context, records);
         telemetry::plugin_call(&self.name, started.elapsed());
         match outcome {
             Ok(answer) => {
-                self.put_back(instance);
+                put_back(&generation, instance);
                 Ok(answer)
             }
             // The instance is dropped: its state may be broken.
@@ -254,6 +279,33 @@ impl Filter {
     }
 }
 
+/// Compiles a component file for the record-filter world.
+fn compile(engine: &Engine, name: &str, path: &str) -> anyhow::Result<Generation> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let component = Component::from_file(engine, path)
+        .map_err(|e| anyhow::anyhow!("plugin '{name}': cannot load {path}: {e}"))?;
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    RecordFilter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    let pre = RecordFilterPre::new(linker.instantiate_pre(&component).map_err(|e| {
+        anyhow::anyhow!("plugin '{name}': {path} is not a record-filter component of causeway:plugin@0.1.0: {e}")
+    })?)?;
+    Ok(Generation {
+        pre,
+        spare: Mutex::new(Vec::new()),
+        modified,
+    })
+}
+
+fn put_back(generation: &Generation, instance: Instance) {
+    let mut spare = match generation.spare.lock() {
+        Ok(s) => s,
+        Err(p) => p.into_inner(),
+    };
+    if spare.len() < SPARE_INSTANCES {
+        spare.push(instance);
+    }
+}
+
 /// One filter's decision on a batch.
 enum Step {
     Verdicts(Vec<Verdict>),
@@ -280,6 +332,41 @@ impl FilterChain {
 
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
+    }
+
+    pub fn filters(&self) -> &[Filter] {
+        &self.filters
+    }
+
+    /// Reloads the named filter (every filter with `None`); each name with the
+    /// outcome.
+    pub fn reload(&self, name: Option<&str>) -> Vec<(String, Result<(), String>)> {
+        self.filters
+            .iter()
+            .filter(|f| name.is_none_or(|n| *f.name == *n))
+            .map(|f| (f.name.to_string(), f.reload().map_err(|e| format!("{e:#}"))))
+            .collect()
+    }
+
+    /// Reloads every filter whose component file changed, every `every`, for
+    /// as long as the chain lives.
+    pub fn watch(chain: &Arc<Self>, every: Duration) {
+        if chain.filters.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(chain);
+        let spawned = std::thread::Builder::new().name("plugin-watch".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(chain) = weak.upgrade() else { return };
+            for f in &chain.filters {
+                if let Some(Err(e)) = f.reload_if_changed() {
+                    tracing::error!(plugin = %f.name, error = %format!("{e:#}"), "changed plugin file not loaded; the old code stays");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot watch plugin files");
+        }
     }
 
     /// Whether any filter sees `topic` going `direction`.

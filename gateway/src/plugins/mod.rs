@@ -150,5 +150,7 @@ pub fn load(plugins: &[PluginConfig]) -> anyhow::Result<Arc<FilterChain>> {
         let scope = Glob::new(&p.topics);
         chain.push(filter::Filter::load(&engine, p, scope)?);
     }
-    Ok(Arc::new(chain))
+    let chain = Arc::new(chain);
+    FilterChain::watch(&chain, Duration::from_secs(2));
+    Ok(chain)
 }
