@@ -227,7 +227,14 @@ impl Filter {
                 Ok(answer)
             }
             // The instance is dropped: its state may be broken.
-            Err(trap) => Err(format!("{trap:#}")),
+            Err(trap) => {
+                tracing::debug!(plugin = %self.name, "trap: {trap:?}");
+                Err(match trap.downcast_ref::<wasmtime::Trap>() {
+                    Some(wasmtime::Trap::Interrupt) => format!("ran past its {} ms deadline", self.timeout_ticks * TICK.as_millis() as u64),
+                    Some(t) => t.to_string(),
+                    None => trap.root_cause().to_string(),
+                })
+            }
         }
     }
 
