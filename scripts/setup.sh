@@ -49,4 +49,29 @@ if [ ! -d "$tools/node/node_modules/kafkajs" ]; then
   (cd "$tools/node" && npm install --silent --no-audit --no-fund >/dev/null)
 fi
 
+# ---------------------------------------------------------------------------
+# WebAssembly plugins (scripts/build-plugins.sh). rustup cannot download the
+# wasm32 targets on these machines, so plugins are built with Debian's
+# rustc-web (a /usr/bin/rustc with the wasm32 targets), its library sources for
+# -Zbuild-std, and wasm-ld-16; wasi-libc is for C plugins. Skipped where apt is
+# absent: there, `rustup target add wasm32-unknown-unknown` does the job.
+wasm_packages=(rustc-web rust-web-src lld-16 wasi-libc)
+wasm_missing=()
+for pkg in "${wasm_packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    wasm_missing+=("$pkg")
+  fi
+done
+if [ "${#wasm_missing[@]}" -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    log "installing ${wasm_missing[*]} (to build wasm plugins)"
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${wasm_missing[@]}" >/dev/null
+  else
+    log "no apt-get: not installing ${wasm_missing[*]}; for plugins, rustup target add wasm32-unknown-unknown"
+  fi
+fi
+# ---------------------------------------------------------------------------
+
 log "ready: $("$tools/bin/tansu" --version 2>/dev/null | head -1), kcat $(kcat -V 2>/dev/null | sed -n 's/^Version \([^ ]*\).*/\1/p')"

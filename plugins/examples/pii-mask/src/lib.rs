@@ -1,0 +1,438 @@
+//! A record filter that masks personal data in JSON record values.
+//!
+//! Config (JSON):
+//!
+//! ```json
+//! {"fields": ["email", "ssn"], "detect": ["email", "card"], "mask": "***"}
+//! ```
+//!
+//! - `fields`: object keys whose values are masked wherever they appear in the
+//!   document (at any depth, inside arrays too). `null` values stay `null`.
+//! - `detect`: patterns masked inside every string value: `email` (an address
+//!   like `a.b@example.com`) and `card` (13 to 19 digits, optionally grouped by
+//!   single spaces or dashes, that pass the Luhn check, as every payment card
+//!   number does).
+//! - `mask`: what replaces them; `"***"` if absent.
+//!
+//! At least one of `fields` and `detect` must be given; unknown keys are an
+//! error. Only values are read: keys and headers pass as they are. A record
+//! whose value is not JSON, or has nothing to mask, gets `pass` (its bytes do
+//! not come back from the sandbox); a masked one gets `replace`, re-serialized
+//! compactly with its key order and numbers kept.
+//!
+//! Counters: `records_masked`, `values_masked` (per batch, when non-zero).
+
+use causeway_plugin_sdk::{count, BatchContext, Record, RecordFilter, Verdict};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    fields: Vec<String>,
+    #[serde(default)]
+    detect: Vec<Detector>,
+    #[serde(default = "default_mask")]
+    mask: String,
+}
+
+fn default_mask() -> String {
+    "***".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Detector {
+    Email,
+    Card,
+}
+
+/// Masks the configured fields and patterns.
+#[derive(Debug)]
+pub struct PiiMask {
+    fields: Vec<String>,
+    /// `"field"` as it appears in JSON text, to skip records that cannot hold one.
+    quoted_fields: Vec<Vec<u8>>,
+    email: bool,
+    card: bool,
+    mask: String,
+}
+
+impl RecordFilter for PiiMask {
+    fn init(config: &str) -> Result<Self, String> {
+        let config: Config = serde_json::from_str(config).map_err(|e| {
+            format!(r#"pii-mask config: {e} (expected {{"fields": [...], "detect": ["email", "card"], "mask": "***"}})"#)
+        })?;
+        if config.fields.is_empty() && config.detect.is_empty() {
+            return Err("pii-mask config: nothing to mask: give `fields` and/or `detect`".into());
+        }
+        if let Some(f) = config.fields.iter().find(|f| f.is_empty()) {
+            return Err(format!(
+                "pii-mask config: empty field name in `fields`: {f:?}"
+            ));
+        }
+        Ok(PiiMask {
+            quoted_fields: config
+                .fields
+                .iter()
+                .map(|f| format!("\"{f}\"").into_bytes())
+                .collect(),
+            fields: config.fields,
+            email: config.detect.contains(&Detector::Email),
+            card: config.detect.contains(&Detector::Card),
+            mask: config.mask,
+        })
+    }
+
+    fn filter(&mut self, _ctx: &BatchContext, records: &[Record]) -> Result<Vec<Verdict>, String> {
+        let mut records_masked = 0;
+        let mut values_masked = 0;
+        let verdicts = records
+            .iter()
+            .map(|record| match self.mask_record(record) {
+                Some((masked, n)) => {
+                    records_masked += 1;
+                    values_masked += n;
+                    Verdict::Replace(masked)
+                }
+                None => Verdict::Pass,
+            })
+            .collect();
+        if records_masked > 0 {
+            count("records_masked", records_masked);
+            count("values_masked", values_masked);
+        }
+        Ok(verdicts)
+    }
+}
+
+impl PiiMask {
+    /// The masked record and how many values were masked, or `None` to pass it.
+    fn mask_record(&self, record: &Record) -> Option<(Record, u64)> {
+        let value = record.value.as_deref()?;
+        if !self.may_hold_pii(value) {
+            return None;
+        }
+        let mut doc: Value = serde_json::from_slice(value).ok()?;
+        let masked = self.mask_value(&mut doc);
+        if masked == 0 {
+            return None;
+        }
+        let bytes = serde_json::to_vec(&doc).ok()?;
+        Some((record.with_value(bytes), masked))
+    }
+
+    /// A cheap look at the raw bytes before parsing: most records hold none of
+    /// the fields and nothing a detector could match. Escaped text (`\u0065`)
+    /// could hide a field name, so anything with a backslash is parsed.
+    fn may_hold_pii(&self, value: &[u8]) -> bool {
+        value.contains(&b'\\')
+            || self.quoted_fields.iter().any(|f| contains(value, f))
+            || (self.email && value.contains(&b'@'))
+            || (self.card && value.iter().filter(|b| b.is_ascii_digit()).count() >= CARD_MIN_DIGITS)
+    }
+
+    /// Masks in place; returns how many values it masked.
+    fn mask_value(&self, value: &mut Value) -> u64 {
+        match value {
+            Value::Object(map) => {
+                let mut n = 0;
+                for (key, v) in map.iter_mut() {
+                    if self.fields.iter().any(|f| f == key) {
+                        if !v.is_null() {
+                            *v = Value::String(self.mask.clone());
+                            n += 1;
+                        }
+                    } else {
+                        n += self.mask_value(v);
+                    }
+                }
+                n
+            }
+            Value::Array(items) => items.iter_mut().map(|v| self.mask_value(v)).sum(),
+            Value::String(s) => {
+                let mut n = 0;
+                if self.email {
+                    n += replace_spans(s, find_emails, &self.mask);
+                }
+                if self.card {
+                    n += replace_spans(s, find_cards, &self.mask);
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Replaces the byte spans `find` returns (sorted, disjoint) with `mask`.
+fn replace_spans(s: &mut String, find: fn(&str) -> Vec<(usize, usize)>, mask: &str) -> u64 {
+    let spans = find(s);
+    if spans.is_empty() {
+        return 0;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for &(start, end) in &spans {
+        out.push_str(&s[at..start]);
+        out.push_str(mask);
+        at = end;
+    }
+    out.push_str(&s[at..]);
+    *s = out;
+    spans.len() as u64
+}
+
+fn is_local_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+fn is_domain_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
+}
+
+/// Spans of `local@domain.tld` (ASCII; a TLD of two letters or more).
+fn find_emails(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(at) = b[from..].iter().position(|&c| c == b'@').map(|i| from + i) {
+        let mut start = at;
+        while start > from && is_local_char(b[start - 1]) {
+            start -= 1;
+        }
+        let mut end = at + 1;
+        while end < b.len() && is_domain_char(b[end]) {
+            end += 1;
+        }
+        // A sentence's full stop or a trailing dash is not part of the domain.
+        while end > at + 1 && matches!(b[end - 1], b'.' | b'-') {
+            end -= 1;
+        }
+        let domain = &s[at + 1..end];
+        let valid_domain = domain.rsplit_once('.').is_some_and(|(host, tld)| {
+            host.split('.')
+                .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
+                && tld.len() >= 2
+                && tld.bytes().all(|c| c.is_ascii_alphabetic())
+        });
+        if start < at && valid_domain {
+            spans.push((start, end));
+            from = end;
+        } else {
+            from = at + 1;
+        }
+    }
+    spans
+}
+
+const CARD_MIN_DIGITS: usize = 13;
+const CARD_MAX_DIGITS: usize = 19;
+
+/// Spans of 13 to 19 digits, single spaces or dashes allowed between them,
+/// not touching other digits, that pass the Luhn check.
+fn find_cards(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // A run of digits with single separators between them.
+        let start = i;
+        let mut end = i;
+        let mut digits = Vec::new();
+        let mut j = i;
+        while j < b.len() {
+            if b[j].is_ascii_digit() {
+                digits.push(b[j] - b'0');
+                j += 1;
+                end = j;
+            } else if matches!(b[j], b' ' | b'-') && j + 1 < b.len() && b[j + 1].is_ascii_digit() {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&digits.len()) && luhn(&digits) {
+            spans.push((start, end));
+        }
+        i = end;
+    }
+    spans
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let d2 = d * 2;
+                if d2 > 9 {
+                    d2 - 9
+                } else {
+                    d2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+causeway_plugin_sdk::record_filter!(PiiMask);
+
+#[cfg(test)]
+mod tests {
+    use causeway_plugin_sdk::testing::{run_filter, FilterHarness};
+
+    use super::*;
+
+    const CONFIG: &str = r#"{"fields":["email","ssn"],"mask":"***"}"#;
+
+    fn produce() -> BatchContext {
+        BatchContext::produce("customers")
+    }
+
+    fn value_of(v: &Verdict) -> Option<String> {
+        match v {
+            Verdict::Replace(r) => r.value_str().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn masks_listed_fields_at_any_depth() {
+        let records = [Record::new(
+            r#"{"id":7,"email":"a@b.io","profile":{"ssn":"123-45-6789","tags":[{"email":"c@d.io"}]},"n":1.50}"#,
+        )
+        .with_key("k")
+        .with_header("h", "v")
+        .with_timestamp(42)];
+        let mut harness = FilterHarness::<PiiMask>::new(CONFIG).expect("init");
+        let verdicts = harness.filter(&produce(), &records).expect("filter");
+        assert_eq!(
+            value_of(&verdicts[0]).as_deref(),
+            Some(
+                r#"{"id":7,"email":"***","profile":{"ssn":"***","tags":[{"email":"***"}]},"n":1.50}"#
+            )
+        );
+        // Everything but the value is kept.
+        let Verdict::Replace(r) = &verdicts[0] else {
+            panic!("not replaced")
+        };
+        assert_eq!(
+            (r.key.as_deref(), r.timestamp, r.headers.len()),
+            (Some(&b"k"[..]), 42, 1)
+        );
+        assert_eq!(harness.captured().counter("records_masked"), 1);
+        assert_eq!(harness.captured().counter("values_masked"), 3);
+    }
+
+    #[test]
+    fn untouched_records_pass() {
+        let records = [
+            Record::new(r#"{"id":1,"name":"x"}"#),
+            Record::new("not json, email: a@b.io"),
+            Record::new(vec![0xff, 0xfe, 0x00]),
+            Record::tombstone("k"),
+            Record::new(r#"{"email":null}"#),
+            // Mentions the field name only as a value.
+            Record::new(r#"{"note":"email"}"#),
+        ];
+        let verdicts = run_filter::<PiiMask>(CONFIG, &produce(), &records).expect("filter");
+        assert_eq!(verdicts, vec![Verdict::Pass; records.len()]);
+    }
+
+    #[test]
+    fn escaped_keys_are_still_found() {
+        let records = [Record::new(r#"{"\u0065mail":"a@b.io"}"#)];
+        let verdicts = run_filter::<PiiMask>(CONFIG, &produce(), &records).expect("filter");
+        assert_eq!(
+            value_of(&verdicts[0]).as_deref(),
+            Some(r#"{"email":"***"}"#)
+        );
+    }
+
+    #[test]
+    fn detectors_mask_inside_strings() {
+        let config = r#"{"detect":["email","card"],"mask":"<redacted>"}"#;
+        let records = [
+            Record::new(
+                r#"{"msg":"mail jo.doe+x@mail.example.com. or pay 4111 1111 1111 1111 now"}"#,
+            ),
+            Record::new(r#"["card 4111-1111-1111-1111", "order 1234567890123"]"#),
+            Record::new(r#""plain string with bob@example.org""#),
+        ];
+        let verdicts = run_filter::<PiiMask>(config, &produce(), &records).expect("filter");
+        assert_eq!(
+            value_of(&verdicts[0]).as_deref(),
+            Some(r#"{"msg":"mail <redacted>. or pay <redacted> now"}"#)
+        );
+        // 1234567890123 fails the Luhn check: an order number, not a card.
+        assert_eq!(
+            value_of(&verdicts[1]).as_deref(),
+            Some(r#"["card <redacted>","order 1234567890123"]"#)
+        );
+        assert_eq!(
+            value_of(&verdicts[2]).as_deref(),
+            Some(r#""plain string with <redacted>""#)
+        );
+    }
+
+    #[test]
+    fn email_detector_edges() {
+        assert_eq!(find_emails("a@b.io"), vec![(0, 6)]);
+        assert_eq!(find_emails("@b.io x@ y@z q@host"), vec![]);
+        assert_eq!(find_emails("to: x@y.co, z@w.org."), vec![(4, 10), (12, 19)]);
+        assert_eq!(find_emails("a@-b.io a@b..io a@b.c0"), vec![]);
+    }
+
+    #[test]
+    fn card_detector_edges() {
+        assert_eq!(find_cards("4111111111111111"), vec![(0, 16)]);
+        assert_eq!(find_cards("4111 1111 1111 1111"), vec![(0, 19)]);
+        // Too long, double separators, wrong checksum.
+        assert_eq!(find_cards("41111111111111111111111"), vec![]);
+        assert_eq!(find_cards("4111  1111 1111 1111"), vec![]);
+        assert_eq!(find_cards("4111111111111112"), vec![]);
+    }
+
+    #[test]
+    fn fetch_answers_are_masked_too() {
+        let records = [Record::new(r#"{"ssn":"1"}"#)];
+        let verdicts = run_filter::<PiiMask>(CONFIG, &BatchContext::fetch("customers"), &records)
+            .expect("filter");
+        assert_eq!(value_of(&verdicts[0]).as_deref(), Some(r#"{"ssn":"***"}"#));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        for (config, needle) in [
+            ("", "pii-mask config"),
+            ("{}", "nothing to mask"),
+            (
+                r#"{"fields":["email"],"masks":"x"}"#,
+                "unknown field `masks`",
+            ),
+            (r#"{"detect":["phone"]}"#, "unknown variant `phone`"),
+            (r#"{"fields":[""]}"#, "empty field name"),
+        ] {
+            let err = FilterHarness::<PiiMask>::new(config)
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(needle), "config {config:?}: {err:?}");
+        }
+    }
+}
