@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: Rust unit and property tests, clippy,
-# a bounded fuzzing run of the decoders, then the end-to-end suite (real tansu
-# brokers, real clients, the real binary).
+# a bounded fuzzing run of the decoders, the plugin SDK's and example plugins' own
+# tests, then the end-to-end suite (real tansu brokers, real clients, the real
+# binary, the example plugins built to WebAssembly components).
 #
 #   scripts/test.sh              # everything
 #   scripts/test.sh -k groups    # extra arguments go to pytest
@@ -23,6 +24,9 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   echo "[test] fuzzing the decoders, ${fuzz_seconds}s per target (CAUSEWAY_FUZZ_SECONDS=0 skips)" >&2
   "$root/scripts/fuzz.sh" "$fuzz_seconds"
 fi
+echo "[test] plugins: native tests, then components" >&2
+"$root/scripts/build-plugins.sh" --test
+"$root/scripts/build-plugins.sh"
 export CAUSEWAY_BIN="$CARGO_TARGET_DIR/release/causeway"
 echo "[test] end-to-end tests" >&2
 cd "$root/tests"

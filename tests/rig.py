@@ -179,6 +179,14 @@ class Gateway:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    def post(self, path: str, body: bytes = b"") -> tuple[int, str]:
+        req = urllib.request.Request(f"http://{self.admin}{path}", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -336,3 +344,15 @@ def causeway_check(text: str) -> subprocess.CompletedProcess:
         )
     finally:
         os.unlink(f.name)
+
+
+def plugin_component(name: str) -> str:
+    """The built component of example plugin `name` (scripts/build-plugins.sh)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-plugins.sh"), "--print-out-dir"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    path = Path(out) / f"{name}.wasm"
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run scripts/build-plugins.sh first")
+    return str(path)
