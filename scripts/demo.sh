@@ -2,7 +2,8 @@
 # The local demo: installs what it needs, builds Causeway, starts two tansu clusters
 # ("onprem" on 127.0.0.1:19092, "cloud" on 127.0.0.1:29092) and Causeway in front of
 # both on 127.0.0.1:9092 (admin on 9644) with the routes in config/demo.toml, then
-# creates topics, produces and consumes through the one endpoint, and shows on each
+# creates topics, produces and consumes through the one endpoint (a pii-mask plugin
+# masks card numbers on payments.*), and shows on each
 # backend where the records landed. Runs until Ctrl-C.
 #
 #   scripts/demo.sh          # interactive: keeps running
@@ -17,6 +18,8 @@ once=false
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 cargo build --release --locked
 causeway="$CARGO_TARGET_DIR/release/causeway"
+"$root/scripts/build-plugins.sh" pii-mask
+pii_mask="$("$root/scripts/build-plugins.sh" --print-out-dir)/pii-mask.wasm"
 tansu="$root/.tools/bin/tansu"
 
 for port in 9092 9644 19092 29092; do
@@ -43,8 +46,20 @@ for cluster in onprem:19092 cloud:29092; do
 done
 
 say "starting Causeway on 127.0.0.1:9092 (admin on 127.0.0.1:9644) with config/demo.toml"
-"$causeway" check --config config/demo.toml
-"$causeway" run --config config/demo.toml >"$logs/causeway.log" 2>&1 &
+# config/demo.toml plus a record filter: card numbers in payments.* never reach a backend.
+config="$logs/demo.toml"
+cat config/demo.toml - >"$config" <<TOML
+
+[[plugins]]
+name = "pii-mask"
+kind = "record-filter"
+path = "$pii_mask"
+config = '{"fields": ["card"], "detect": ["card"], "mask": "***"}'
+topics = "payments.*"
+on = ["produce"]
+TOML
+"$causeway" check --config "$config"
+"$causeway" run --config "$config" >"$logs/causeway.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   curl -sf http://127.0.0.1:9644/readyz >/dev/null 2>&1 && break
@@ -68,11 +83,11 @@ PY
 say "what clients see: one broker, Causeway, and the topics of both clusters (kcat -L)"
 kcat -b 127.0.0.1:9092 -L
 
-say "producing keyed records with kcat to a cloud topic and two on-prem topics"
+say "producing keyed records with kcat to a cloud topic and two on-prem topics (the pii-mask plugin masks the card number)"
 printf 'alice:hello from alice\nbob:hello from bob\ncarol:hello from carol\n' |
   kcat -b 127.0.0.1:9092 -P -t greetings -K: -z zstd
 printf 'o1:order one\no2:order two\n' | kcat -b 127.0.0.1:9092 -P -t orders.eu -K:
-printf 'c1:card payment\n' | kcat -b 127.0.0.1:9092 -P -t payments.cards -K:
+printf 'c1:{"customer":"ada","card":"4111 1111 1111 1111"}\n' | kcat -b 127.0.0.1:9092 -P -t payments.cards -K:
 
 say "one consumer group reading topics of both clusters through the gateway"
 "$py" - <<'PY'

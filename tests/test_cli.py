@@ -46,12 +46,14 @@ def test_demo_runs_end_to_end():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     for line in ("alice => hello from alice", "bob => hello from bob", "carol => hello from carol",
-                 "o1 => order one", "o2 => order two", "c1 => card payment"):
+                 "o1 => order one", "o2 => order two", 'c1 => {"customer":"ada","card":"***"}'):
         assert out.count(line) == 2, f"{line!r} read through the gateway and directly"
     assert "broker 0 at 127.0.0.1:9092 (controller)" in out
     # Each backend holds only its own topics, the renamed one under its backend name.
     assert "-- onprem (127.0.0.1:19092) holds: fin.payments.cards, orders.eu" in out
     assert "-- cloud (127.0.0.1:29092) holds: greetings" in out
     direct_onprem = out.split("-- onprem")[1].split("-- cloud")[0]
-    assert "fin.payments.cards" in direct_onprem and "c1 => card payment" in direct_onprem
+    assert "fin.payments.cards" in direct_onprem and 'c1 => {"customer":"ada","card":"***"}' in direct_onprem
+    # The plugin masked the card number before it reached the backend.
+    assert "4111" not in out
     assert "demo done" in out
