@@ -351,6 +351,11 @@ impl Cluster {
         }
     }
 
+    /// How many brokers are known, without copying their ids.
+    pub fn broker_count(&self) -> usize {
+        self.snapshot().brokers.len()
+    }
+
     /// Every broker id known.
     pub fn broker_ids(&self) -> Vec<i32> {
         self.snapshot().brokers.keys().copied().collect()

@@ -425,34 +425,21 @@ async fn txn_offset_commit(
             cluster,
             "transaction commits offsets of topics outside the cluster it is pinned to; refused"
         );
-        let answer = TxnOffsetCommitResponse::default().with_topics(
-            body.topics
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let code = if split.unrouted.contains(&i) {
-                        code::UNKNOWN_TOPIC_OR_PARTITION
-                    } else {
-                        code::INVALID_TXN_STATE
-                    };
-                    txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
-                        .with_name(t.name.clone())
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(code)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        );
+        let answer = txn_commit_failed(&body, |i| {
+            if split.unrouted.contains(&i) {
+                code::UNKNOWN_TOPIC_OR_PARTITION
+            } else {
+                code::INVALID_TXN_STATE
+            }
+        });
         let bytes = encode_response(&answer, version, header, what)?;
         return Ok(Box::pin(async move { Ok(bytes) }));
     }
+    let Some((cluster, broker)) = coordinator_in(gw, pinned, &group).await else {
+        let answer = txn_commit_failed(&body, |_| code::COORDINATOR_NOT_AVAILABLE);
+        let bytes = encode_response(&answer, version, header, what)?;
+        return Ok(Box::pin(async move { Ok(bytes) }));
+    };
     let names = split.names(pinned);
     for t in &mut body.topics {
         names.topic(&mut t.name.0);
@@ -465,34 +452,6 @@ async fn txn_offset_commit(
         body.group_instance_id = None;
     }
     let frame = req.reencode(&body, "TxnOffsetCommit request")?;
-    let Some((cluster, broker)) = coordinator_in(gw, pinned, &group).await else {
-        let answer = TxnOffsetCommitResponse::default().with_topics(
-            body.topics
-                .iter()
-                .map(|t| {
-                    txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
-                        .with_name(t.name.clone())
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(code::COORDINATOR_NOT_AVAILABLE)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        );
-        let mut answer = answer;
-        let back = names.reversed();
-        for t in &mut answer.topics {
-            back.topic(&mut t.name.0);
-        }
-        let bytes = encode_response(&answer, version, header, what)?;
-        return Ok(Box::pin(async move { Ok(bytes) }));
-    };
     let reply = conns.send(broker, frame).await?;
     let back = names.reversed();
     Ok(Box::pin(async move {
@@ -504,6 +463,30 @@ async fn txn_offset_commit(
         }
         Ok(encode_response(&out, version, header, what)?)
     }))
+}
+
+/// A TxnOffsetCommit answer giving every partition of topic `i` the code `code_of(i)`.
+fn txn_commit_failed(body: &TxnOffsetCommitRequest, code_of: impl Fn(usize) -> i16) -> TxnOffsetCommitResponse {
+    TxnOffsetCommitResponse::default().with_topics(
+        body.topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code_of(i))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
 }
 
 /// OffsetDelete: each cluster deletes the offsets of its own topics.

@@ -186,7 +186,7 @@ pub async fn dispatch(
         ApiKey::Produce => route::<ProduceRequest>(gw, conns, router, req).await,
         // With one broker behind Causeway a fetch never splits, and its answer can
         // go back untouched; otherwise parts must not wait for each other.
-        ApiKey::Fetch if gw.backends.clusters.len() > 1 || gw.backends.clusters.iter().any(|c| c.broker_ids().len() > 1) => {
+        ApiKey::Fetch if gw.backends.clusters.len() > 1 || gw.backends.clusters.iter().any(|c| c.broker_count() > 1) => {
             super::fetch::route(gw, conns, lanes, router, req).await
         }
         ApiKey::Fetch => route::<FetchRequest>(gw, conns, router, req).await,
