@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from rig import Gateway, Process, Tansu, free_port, tansu_bin, wait_for_port  # noqa: E402
+from rig import Gateway, Process, Tansu, free_port, plugin_component, tansu_bin, wait_for_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -157,6 +157,8 @@ def main():
     ap.add_argument("--rate", type=int, default=1000, help="records/s for the latency run")
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the latency run")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--no-plugin", action="store_true",
+                    help="skip the target with the pass-through plugin (needs scripts/build-plugins.sh)")
     args = ap.parse_args()
 
     broker = Tansu()
@@ -168,6 +170,19 @@ def main():
         "causeway": (gateway.addr, gateway.process.pid()),
         "tansu proxy": (proxy.addr, proxy.process.pid()),
     }
+    filtered = None
+    if not args.no_plugin:
+        # The same gateway with the pass-through record filter on every produce
+        # and every fetch: the cost of the plugin machinery on the whole path.
+        config = (
+            '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
+            f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
+            '[[plugins]]\nname = "passthrough"\nkind = "record-filter"\n'
+            f'path = "{plugin_component("passthrough")}"\non = ["produce", "fetch"]\n'
+        )
+        filtered = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
+        filtered.wait_ready()
+        targets["causeway + pass-through plugin"] = (filtered.addr, filtered.process.pid())
     results = {name: [] for name in targets}
     try:
         for rnd in range(args.rounds):
@@ -203,6 +218,8 @@ def main():
     finally:
         proxy.close()
         gateway.close()
+        if filtered is not None:
+            filtered.close()
         broker.close()
 
     def ratio(name, key):
@@ -237,6 +254,17 @@ def main():
             f"{'-' if mc is None else f'{mc:.1f}'} | "
             f"{cores(name)} / {med(name, 'broker_cores'):.2f} / {med(name, 'client_cores'):.2f} |"
         )
+    if "causeway + pass-through plugin" in targets:
+        pairs = [f[k] / c[k] for f, c in zip(results["causeway + pass-through plugin"], results["causeway"])
+                 for k in ("produce_mbs",)]
+        cpairs = [f["consume_mbs"] / c["consume_mbs"]
+                  for f, c in zip(results["causeway + pass-through plugin"], results["causeway"])]
+        lines += [
+            "",
+            f"With the pass-through plugin on produce and fetch, against Causeway without it (same rounds): "
+            f"produce {100 * statistics.median(pairs):.0f}%, consume {100 * statistics.median(cpairs):.0f}% "
+            f"(target >= 85%).",
+        ]
     table = "\n".join(lines)
     print()
     print(table)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the load benchmark: direct to tansu, through Causeway and through tansu
-# proxy, in one run, for small and for large records; then two clusters behind one
-# Causeway against one client per cluster. Writes benches/results/latest.md.
+# Runs the load benchmark: direct to tansu, through Causeway, through Causeway
+# with the pass-through plugin and through tansu proxy, in one run, for small and
+# for large records; then two clusters behind one Causeway against one client per
+# cluster; then the per-record cost of record filters, WebAssembly against
+# native. Writes benches/results/latest.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -9,6 +11,7 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 cargo build --release --locked
 export CAUSEWAY_BIN="$CARGO_TARGET_DIR/release/causeway"
+"$root/scripts/build-plugins.sh"
 out="$root/benches/results/latest.md"
 mkdir -p "$(dirname "$out")"
 {
@@ -24,4 +27,13 @@ printf '## 16 KiB records\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/load.py --size 16384 --count 12000 --out "$out" "$@"
 printf '## Two clusters\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/multi.py --out "$out" "$@"
+# Per-record cost of record filters: each example component in the gateway's
+# plugin host against the same plugin source compiled natively.
+cargo build --release --locked --manifest-path benches/plugin-cost/Cargo.toml
+{
+  printf '## Record filters, per record\n\n'
+  printf 'Records: a ~200-byte JSON payment event with a key and one header, one batch per call;\n'
+  printf 'median of 7 samples. `pii-mask` config: `{"fields": ["email"], "detect": ["card"]}` (every record masked).\n\n'
+} >>"$out"
+"$CARGO_TARGET_DIR/release/plugin-cost" --components "$("$root/scripts/build-plugins.sh" --print-out-dir)" --out "$out"
 cat "$out"

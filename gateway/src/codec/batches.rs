@@ -15,6 +15,10 @@ pub struct BatchHeader {
     pub transactional: bool,
     /// For a control batch: the control type of its first record (0 abort, 1 commit).
     pub control: Option<i16>,
+    /// The low three bits of the attributes: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    pub compression: u8,
+    pub first_timestamp: i64,
+    pub record_count: i32,
 }
 
 const HEADER: usize = 61;
@@ -24,6 +28,10 @@ const LAST_OFFSET_DELTA_AT: usize = 23;
 const CRC_AT: usize = 17;
 const PRODUCER_ID_AT: usize = 43;
 const PRODUCER_EPOCH_AT: usize = 51;
+const FIRST_TIMESTAMP_AT: usize = 27;
+const RECORD_COUNT_AT: usize = 57;
+/// Where a batch's records begin.
+pub const RECORDS_AT: usize = HEADER;
 
 /// Control record types.
 pub const ABORT: i16 = 0;
@@ -90,6 +98,9 @@ pub fn headers(records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
             } else {
                 None
             },
+            compression: (attributes & 0x7) as u8,
+            first_timestamp: i64_at(batch, FIRST_TIMESTAMP_AT)?,
+            record_count: i32_at(batch, RECORD_COUNT_AT)?,
         };
         at += size;
         Some(header)

@@ -1,5 +1,8 @@
-//! Record batches as filters see them: decoded once, verdicts applied, encoded
-//! again with the original compression only when something changed.
+//! Record batches as filters see them. A filter reads the records in Kafka's
+//! own format ([`sections`]: CRC checked, decompressed, copied once into the
+//! sandbox); the gateway decodes them only when a verdict changes something,
+//! applies the verdicts, and encodes the batch again with its original
+//! compression. When every record passes, the original bytes go on.
 //!
 //! For a producer with an id (idempotent or transactional), the broker checks
 //! sequence numbers against the record count of each batch, so dropping or
@@ -14,7 +17,8 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
-use super::filter::{Direction, Header, KafkaRecord, Verdict};
+use super::filter::{Direction, KafkaRecord, RecordBatch, Verdict};
+use crate::codec::batches as headers;
 
 /// Records one batch may declare before Causeway refuses to decode it.
 const MAX_RECORDS: i32 = 1_000_000;
@@ -36,8 +40,60 @@ pub struct Decoded {
     last_offset: Option<i64>,
 }
 
-/// Decodes every v2 batch in `bytes`.
+/// The data batches of `bytes` as the record-filter world carries them, their
+/// records decompressed. Control batches (transaction
+/// markers) are left out. A fetch answer may end in a partial batch (cut at
+/// its size limit): it is left out, as clients do. A produce must be whole v2
+/// batches, so that no record reaches the broker unseen.
+pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<RecordBatch>> {
+    use kafka_protocol::compression::{self as codec, Decompressor};
+    let whole: usize = headers::headers(bytes).map(|h| h.size).sum();
+    if direction == Direction::Produce && whole != bytes.len() {
+        anyhow::bail!(
+            "{} of {} bytes are not whole record batches of format v2 (the only format filters read)",
+            bytes.len() - whole,
+            bytes.len()
+        );
+    }
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for h in headers::headers(bytes) {
+        // The CRC is not checked here: filters only read, a changed batch is
+        // decoded (and checked) before it is written, and the broker checks
+        // the ones that pass.
+        let base_offset = h.base_offset;
+        at += h.size;
+        if h.control.is_some() {
+            continue;
+        }
+        if !(0..=MAX_RECORDS).contains(&h.record_count) {
+            anyhow::bail!("a batch declares {} records; at most {MAX_RECORDS} are accepted", h.record_count);
+        }
+        let mut body = bytes.slice(at - h.size + headers::RECORDS_AT..at);
+        let whole = |b: &mut Bytes| Ok(b.to_vec());
+        let records = match h.compression {
+            0 => body.to_vec(),
+            1 => codec::Gzip::decompress(&mut body, whole)?,
+            2 => codec::Snappy::decompress(&mut body, whole)?,
+            3 => codec::Lz4::decompress(&mut body, whole)?,
+            4 => codec::Zstd::decompress(&mut body, whole)?,
+            other => anyhow::bail!("the batch at offset {base_offset} uses unknown compression {other}"),
+        };
+        out.push(RecordBatch {
+            base_offset,
+            base_timestamp: h.first_timestamp,
+            count: h.record_count as u32,
+            records,
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes every whole v2 batch in `bytes`.
 pub fn decode(bytes: &Bytes) -> anyhow::Result<Decoded> {
+    // Whole batches only: a fetch answer may end in a partial one.
+    let whole: usize = headers::headers(bytes).map(|h| h.size).sum();
+    let bytes = &bytes.slice(..whole);
     let mut probe = bytes.clone();
     for info in RecordBatchDecoder::decode_batch_info(&mut probe)? {
         if info.record_count > MAX_RECORDS {
@@ -61,6 +117,7 @@ pub fn decode(bytes: &Bytes) -> anyhow::Result<Decoded> {
     })
 }
 
+#[cfg(test)]
 fn to_wit(r: &Record) -> KafkaRecord {
     KafkaRecord {
         key: r.key.as_ref().map(|k| k.to_vec()),
@@ -68,7 +125,7 @@ fn to_wit(r: &Record) -> KafkaRecord {
         headers: r
             .headers
             .iter()
-            .map(|(k, v)| Header {
+            .map(|(k, v)| super::filter::Header {
                 key: k.to_string(),
                 value: v.as_ref().map(|v| v.to_vec()),
             })
@@ -93,8 +150,25 @@ fn from_wit(template: &Record, r: KafkaRecord) -> Record {
 
 impl Decoded {
     /// The records as the plugin interface carries them.
+    #[cfg(test)]
     pub fn view(&self) -> Vec<KafkaRecord> {
         self.records.iter().filter(|r| !r.control).map(to_wit).collect()
+    }
+
+    /// The (non-control) records as the record-filter world carries them, for
+    /// the next filter of a chain after one changed them.
+    pub fn sections(&self) -> anyhow::Result<Vec<RecordBatch>> {
+        let mut buf = BytesMut::new();
+        let data: Vec<&Record> = self.records.iter().filter(|r| !r.control).collect();
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, data, &options)?;
+        sections(&buf.freeze(), Direction::Produce)
     }
 
     /// Applies one verdict per (non-control) record.
@@ -240,7 +314,7 @@ mod tests {
         let replaced = KafkaRecord {
             key: Some(b"b".to_vec()),
             value: Some(b"masked".to_vec()),
-            headers: vec![Header { key: "h".into(), value: Some(b"v".to_vec()) }],
+            headers: vec![super::super::filter::Header { key: "h".into(), value: Some(b"v".to_vec()) }],
             timestamp: 5,
         };
         let applied = d.apply(
@@ -295,7 +369,46 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_an_error() {
-        assert!(decode(&Bytes::from_static(&[0, 1, 2])).is_err());
+    fn garbage_is_an_error_on_produce_and_a_cut_batch_ends_a_fetch() {
+        let garbage = Bytes::from_static(&[0, 1, 2]);
+        let err = sections(&garbage, Direction::Produce).expect_err("garbage");
+        assert!(err.to_string().contains("3 of 3 bytes are not whole record batches"), "{err}");
+        let whole = batch(&[record(0, "a", "1"), record(1, "b", "2")], Compression::None);
+        let mut cut = BytesMut::from(&whole[..]);
+        cut.extend_from_slice(&whole[..whole.len() - 5]);
+        let cut = cut.freeze();
+        assert!(sections(&cut, Direction::Produce).is_err(), "a produce must be whole");
+        // The encoder writes one batch per record here: two whole, then the
+        // first of the copy whole and the second cut.
+        let read = sections(&cut, Direction::Fetch).expect("fetch");
+        assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 3);
+        assert_eq!(decode(&cut).expect("decode").records.len(), 3);
+    }
+
+    #[test]
+    fn sections_carry_decompressed_records_and_skip_markers() {
+        let records = [record(5, "a", "1"), record(6, "b", "2")];
+        let plain = sections(&batch(&records, Compression::None), Direction::Fetch).expect("plain");
+        for compression in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let packed = sections(&batch(&records, compression), Direction::Fetch).expect("packed");
+            let shape = |s: &[RecordBatch]| s.iter().map(|b| (b.base_offset, b.base_timestamp, b.count, b.records.clone())).collect::<Vec<_>>();
+            assert_eq!(shape(&packed), shape(&plain), "{compression:?}");
+        }
+        assert_eq!((plain[0].base_offset, plain.iter().map(|b| b.count).sum::<u32>()), (5, 2));
+        assert_eq!(plain[0].base_timestamp, records[0].timestamp);
+        // A transaction marker after the records is not shown to filters.
+        let marker = Record {
+            control: true,
+            transactional: true,
+            producer_id: 4,
+            producer_epoch: 0,
+            key: Some(Bytes::from_static(&[0, 0, 0, 1])),
+            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+            ..record(7, "", "")
+        };
+        let mut log = BytesMut::from(&batch(&records, Compression::None)[..]);
+        log.extend_from_slice(&batch(&[marker], Compression::None));
+        let read = sections(&log.freeze(), Direction::Fetch).expect("with marker");
+        assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 2);
     }
 }

@@ -23,7 +23,7 @@ pub mod wit {
 }
 
 use wit::causeway::plugin as api;
-pub use api::records::{BatchContext, Direction, Header, KafkaRecord, Verdict};
+pub use api::records::{BatchContext, Direction, Header, KafkaRecord, RecordBatch, Verdict};
 use wit::{RecordFilter, RecordFilterPre};
 
 /// Failures in a row after which a plugin is backed off.
@@ -212,14 +212,17 @@ impl Filter {
         until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Runs the plugin on `records`: one verdict per record, or the batch's
-    /// rejection. A failure (trap, deadline, memory, init) is `Err`.
-    fn call(&self, context: &BatchContext, records: &[KafkaRecord]) -> Result<Result<Vec<Verdict>, String>, String> {
+    /// Runs the plugin on `batches`: one verdict per record, or the batch's
+    /// rejection. A failure (trap, deadline, memory, init) is `Err`. No failure
+    /// policy or backoff applies here; the chain's [`FilterChain::run`] adds them.
+    /// `Ok(Ok(None))`: every record passes.
+    #[allow(clippy::type_complexity)]
+    pub fn call(&self, context: &BatchContext, batches: &[RecordBatch]) -> Result<Result<Option<Vec<Verdict>>, String>, String> {
         let generation = self.generation();
         let mut instance = self.take(&generation).map_err(|e| e.to_string())?;
         instance.store.set_epoch_deadline(self.timeout_ticks);
         let started = Instant::now();
-        let outcome = instance.bindings.call_filter(&mut instance.store, context, records);
+        let outcome = instance.bindings.call_filter(&mut instance.store, context, batches);
         telemetry::plugin_call(&self.name, started.elapsed());
         match outcome {
             Ok(answer) => {
@@ -238,20 +241,24 @@ impl Filter {
         }
     }
 
-    /// Runs the filter on one batch as its policy says, counting failures.
-    fn run(&self, context: &BatchContext, records: &[KafkaRecord]) -> Step {
+    /// Runs the filter on one partition's batches (`records` records in all) as
+    /// its policy says, counting failures.
+    fn run(&self, context: &BatchContext, batches: &[RecordBatch], records: usize) -> Step {
         if self.backed_off() {
             return self.on_failure(format!("plugin '{}' is backed off after repeated failures", self.name));
         }
-        match self.call(context, records) {
-            Ok(Ok(verdicts)) => {
+        match self.call(context, batches) {
+            Ok(Ok(None)) => {
                 self.failures.store(0, Ordering::Relaxed);
-                if verdicts.len() != records.len() {
+                Step::Pass
+            }
+            Ok(Ok(Some(verdicts))) => {
+                self.failures.store(0, Ordering::Relaxed);
+                if verdicts.len() != records {
                     return self.on_failure(format!(
-                        "plugin '{}' answered {} verdicts for {} records",
+                        "plugin '{}' answered {} verdicts for {records} records",
                         self.name,
                         verdicts.len(),
-                        records.len()
                     ));
                 }
                 Step::Verdicts(verdicts)
@@ -392,26 +399,46 @@ impl FilterChain {
         if applying.is_empty() {
             return Outcome::Unchanged;
         }
-        let mut decoded = match batches::decode(records) {
-            Ok(d) => d,
+        let mut sections = match batches::sections(records, context.direction) {
+            Ok(s) => s,
             Err(e) => return Outcome::Rejected(format!("cannot read the record batches: {e}")),
         };
+        // Decoded only once a verdict changes something.
+        let mut decoded: Option<batches::Decoded> = None;
         let mut changed = false;
         for filter in applying {
-            let view = decoded.view();
-            match filter.run(context, &view) {
-                Step::Pass => {}
+            let count = sections.iter().map(|s| s.count as usize).sum();
+            if count == 0 {
+                break;
+            }
+            let verdicts = match filter.run(context, &sections, count) {
+                Step::Pass => continue,
                 Step::Reject(message) => return Outcome::Rejected(message),
-                Step::Verdicts(verdicts) => match decoded.apply(verdicts, context.direction) {
-                    Applied::Same => {}
-                    Applied::Changed => changed = true,
-                    Applied::Refused(why) => return Outcome::Rejected(format!("plugin '{}': {why}", filter.name)),
+                Step::Verdicts(v) if v.iter().all(|v| matches!(v, Verdict::Pass)) => continue,
+                Step::Verdicts(v) => v,
+            };
+            let d = match &mut decoded {
+                Some(d) => d,
+                None => match batches::decode(records) {
+                    Ok(d) => decoded.insert(d),
+                    Err(e) => return Outcome::Rejected(format!("cannot read the record batches: {e}")),
                 },
+            };
+            match d.apply(verdicts, context.direction) {
+                Applied::Same => {}
+                Applied::Changed => {
+                    changed = true;
+                    sections = match d.sections() {
+                        Ok(s) => s,
+                        Err(e) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
+                    };
+                }
+                Applied::Refused(why) => return Outcome::Rejected(format!("plugin '{}': {why}", filter.name)),
             }
         }
-        if !changed {
+        let Some(decoded) = decoded.filter(|_| changed) else {
             return Outcome::Unchanged;
-        }
+        };
         match decoded.encode(context.direction) {
             Ok(bytes) => {
                 telemetry::plugin_changed(context.direction == Direction::Produce);

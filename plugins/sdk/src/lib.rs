@@ -45,6 +45,8 @@
 
 mod host;
 pub mod log;
+#[cfg(feature = "record-filter")]
+mod wire;
 
 #[cfg(feature = "acl-mapper")]
 pub mod acl_mapper;
@@ -60,7 +62,7 @@ pub mod testing;
 pub use acl_mapper::{AclMapper, Decision, Identity, Operation, Principal, ResourceKind};
 #[cfg(feature = "record-filter")]
 pub use record_filter::{
-    BatchContext, Direction, Header, KafkaRecord, Record, RecordFilter, Verdict,
+    BatchContext, Direction, Header, KafkaRecord, Record, RecordBatch, RecordFilter, Verdict,
 };
 #[cfg(feature = "router")]
 pub use router::{Destination, Router};

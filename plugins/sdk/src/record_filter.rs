@@ -23,11 +23,70 @@ pub mod bindings {
 }
 
 pub use bindings::causeway::plugin::records::{
-    BatchContext, Direction, Header, KafkaRecord, Verdict,
+    BatchContext, Direction, Header, KafkaRecord, RecordBatch, Verdict,
 };
 
-/// A Kafka record as filters see it (the WIT `kafka-record`).
-pub type Record = KafkaRecord;
+use crate::wire::HeaderBytes;
+
+/// A record as a filter reads it: borrowed from the batch the gateway handed
+/// into the sandbox, so reading a record copies nothing. To change one,
+/// answer [`Verdict::Replace`] with a [`KafkaRecord`], usually from
+/// [`with_value`](Record::with_value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The record's offset: the broker's on a fetch; on a produce, its
+    /// position in the request (the broker has not assigned one yet).
+    pub offset: i64,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The key, if any.
+    pub key: Option<&'a [u8]>,
+    /// The value; `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    pub(crate) headers: HeaderBytes<'a>,
+}
+
+impl<'a> Record<'a> {
+    /// The value as UTF-8 text, if there is a value and it is valid UTF-8.
+    pub fn value_str(&self) -> Option<&'a str> {
+        self.value.and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The headers in order, as (key, value); a key may repeat.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> {
+        self.headers.iter()
+    }
+
+    /// The value of the first header named `key` (`Some(None)`: the header is
+    /// there with no value).
+    pub fn header(&self, key: &str) -> Option<Option<&'a [u8]>> {
+        self.headers().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The record as a [`KafkaRecord`] of its own.
+    pub fn owned(&self) -> KafkaRecord {
+        KafkaRecord {
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self
+                .headers()
+                .map(|(key, value)| Header {
+                    key: key.to_string(),
+                    value: value.map(<[u8]>::to_vec),
+                })
+                .collect(),
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// The same record with another value: what [`Verdict::Replace`] usually needs.
+    pub fn with_value(&self, value: impl Into<Vec<u8>>) -> KafkaRecord {
+        KafkaRecord {
+            value: Some(value.into()),
+            ..self.owned()
+        }
+    }
+}
 
 /// A record filter. One value lives in each plugin instance: the gateway calls
 /// [`init`](RecordFilter::init) once with the plugin's config string, then
@@ -39,6 +98,8 @@ pub trait RecordFilter: Sized + 'static {
 
     /// Returns exactly one verdict per record, in order. An error rejects the
     /// whole batch: a produce gets POLICY_VIOLATION with this message.
+    /// The records borrow from the batch: keep what you need beyond the call
+    /// as [`Record::owned`].
     fn filter(&mut self, ctx: &BatchContext, records: &[Record]) -> Result<Vec<Verdict>, String>;
 }
 
@@ -47,7 +108,7 @@ pub trait RecordFilter: Sized + 'static {
 pub(crate) fn checked_filter<F: RecordFilter>(
     filter: &mut F,
     ctx: &BatchContext,
-    records: &[Record],
+    records: &[Record<'_>],
 ) -> Result<Vec<Verdict>, String> {
     let verdicts = filter.filter(ctx, records)?;
     if verdicts.len() != records.len() {
@@ -112,7 +173,7 @@ impl KafkaRecord {
         self
     }
 
-    /// The same record with another value: what [`Verdict::Replace`] usually needs.
+    /// The same record with another value.
     pub fn with_value(&self, value: impl Into<Vec<u8>>) -> Self {
         KafkaRecord {
             value: Some(value.into()),
@@ -199,15 +260,18 @@ pub mod __glue {
         })
     }
 
+    /// `None` when every record passes: nothing needs to cross back.
     pub fn filter<F: RecordFilter>(
         state: &'static State<F>,
         ctx: BatchContext,
-        records: Vec<Record>,
-    ) -> Result<Vec<Verdict>, String> {
-        state.with(|slot| match slot.borrow_mut().as_mut() {
+        batches: Vec<RecordBatch>,
+    ) -> Result<Option<Vec<Verdict>>, String> {
+        let records = crate::wire::read(&batches)?;
+        let verdicts = state.with(|slot| match slot.borrow_mut().as_mut() {
             Some(filter) => checked_filter(filter, &ctx, &records),
             None => Err(crate::NOT_INITIALISED.to_string()),
-        })
+        })?;
+        Ok((!verdicts.iter().all(|v| matches!(v, Verdict::Pass))).then_some(verdicts))
     }
 }
 
@@ -255,12 +319,12 @@ macro_rules! record_filter {
 
                 fn filter(
                     context: $crate::record_filter::BatchContext,
-                    records: ::std::vec::Vec<$crate::record_filter::Record>,
+                    batches: ::std::vec::Vec<$crate::record_filter::RecordBatch>,
                 ) -> ::core::result::Result<
-                    ::std::vec::Vec<$crate::record_filter::Verdict>,
+                    ::core::option::Option<::std::vec::Vec<$crate::record_filter::Verdict>>,
                     ::std::string::String,
                 > {
-                    $crate::record_filter::__glue::filter::<$filter>(&STATE, context, records)
+                    $crate::record_filter::__glue::filter::<$filter>(&STATE, context, batches)
                 }
             }
 
@@ -301,7 +365,7 @@ mod tests {
                 "short" => vec![],
                 "fan-out" => records
                     .iter()
-                    .map(|r| Verdict::FanOut(vec![r.clone(), r.clone()]))
+                    .map(|r| Verdict::FanOut(vec![r.owned(), r.owned()]))
                     .collect(),
                 "fail" => return Err("no".into()),
                 _ => vec![Verdict::Pass; records.len()],
@@ -315,7 +379,7 @@ mod tests {
 
     #[test]
     fn glue_keeps_the_filter_between_calls() {
-        let records = vec![Record::new("a")];
+        let records = vec![crate::wire::write(&[KafkaRecord::new("a")], 0)];
         let ctx = BatchContext::produce("t");
         assert_eq!(
             __glue::filter(&STATE, ctx.clone(), records.clone()),
@@ -323,8 +387,14 @@ mod tests {
         );
         assert_eq!(__glue::init(&STATE, "pass".into()), Ok(()));
         let (verdicts, captured) = capture(|| __glue::filter(&STATE, ctx.clone(), records.clone()));
-        assert_eq!(verdicts, Ok(vec![Verdict::Pass]));
+        assert_eq!(verdicts, Ok(None), "all pass: nothing crosses back");
         assert_eq!(captured.counter("batches"), 1);
+        assert_eq!(__glue::init(&STATE, "fan-out".into()), Ok(()));
+        let (verdicts, _) = capture(|| __glue::filter(&STATE, ctx.clone(), records.clone()));
+        assert!(
+            matches!(&verdicts, Ok(Some(v)) if matches!(v.as_slice(), [Verdict::FanOut(r)] if r.len() == 2)),
+            "{verdicts:?}"
+        );
         // A failed init leaves no filter behind.
         assert_eq!(__glue::init(&STATE, "bad".into()), Err("bad config".into()));
         assert!(__glue::filter(&STATE, ctx, records).is_err());
@@ -332,7 +402,7 @@ mod tests {
 
     #[test]
     fn answers_are_checked_like_the_gateway_does() {
-        let records = [Record::new("a"), Record::new("b")];
+        let records = [KafkaRecord::new("a"), KafkaRecord::new("b")];
         let produce = BatchContext::produce("t");
         let err = run_filter::<Scripted>("short", &produce, &records).expect_err("short");
         assert_eq!(
@@ -356,7 +426,7 @@ mod tests {
     #[test]
     fn harness_forwards_and_captures() {
         let mut harness = FilterHarness::<Scripted>::new("fan-out").expect("init");
-        let records = [Record::new("a").with_key("k")];
+        let records = [KafkaRecord::new("a").with_key("k")];
         let forwarded = harness
             .forward(&BatchContext::produce("t"), &records)
             .expect("forward");
@@ -373,7 +443,7 @@ mod tests {
 
     #[test]
     fn record_helpers() {
-        let r = Record::new("v")
+        let r = KafkaRecord::new("v")
             .with_key("k")
             .with_header("h", "x")
             .with_timestamp(9);
@@ -392,8 +462,20 @@ mod tests {
             ),
             (Some("w"), Some(&b"k"[..]), 9)
         );
-        assert_eq!(Record::tombstone("k").value_str(), None);
-        assert_eq!(Record::new(vec![0xff]).value_str(), None);
+        assert_eq!(KafkaRecord::tombstone("k").value_str(), None);
+        assert_eq!(KafkaRecord::new(vec![0xff]).value_str(), None);
+        // The same, read the way a filter sees it.
+        let batch = crate::wire::write(std::slice::from_ref(&r), 5);
+        let read = crate::wire::read(std::slice::from_ref(&batch)).expect("read");
+        let view = read[0];
+        assert_eq!(
+            (view.offset, view.timestamp, view.key, view.value_str()),
+            (5, 9, Some(&b"k"[..]), Some("v"))
+        );
+        assert_eq!(view.header("h"), Some(Some(&b"x"[..])));
+        assert_eq!(view.header("nope"), None);
+        assert_eq!(view.with_value("w"), replaced);
+        assert_eq!(view.owned(), r);
         let ctx = BatchContext::fetch("t")
             .with_partition(3)
             .with_principal("alice")

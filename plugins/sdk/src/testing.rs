@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use causeway_plugin_sdk::testing::FilterHarness;
-//! use causeway_plugin_sdk::{BatchContext, Record, RecordFilter, Verdict};
+//! use causeway_plugin_sdk::{BatchContext, KafkaRecord, Record, RecordFilter, Verdict};
 //!
 //! struct CountBatches;
 //!
@@ -23,7 +23,7 @@
 //! }
 //!
 //! let mut harness = FilterHarness::<CountBatches>::new("").unwrap();
-//! let verdicts = harness.filter(&BatchContext::produce("orders"), &[Record::new("a")]).unwrap();
+//! let verdicts = harness.filter(&BatchContext::produce("orders"), &[KafkaRecord::new("a")]).unwrap();
 //! assert_eq!(verdicts, vec![Verdict::Pass]);
 //! assert_eq!(harness.captured().counter("batches"), 1);
 //! assert!(harness.captured().logged("1 records"));
@@ -137,12 +137,25 @@ pub(crate) mod sink {
 }
 
 #[cfg(feature = "record-filter")]
-pub use self::record_filter::{apply, run_filter, FilterHarness};
+pub use self::record_filter::{apply, read_batch, run_filter, write_batch, FilterHarness};
 
 #[cfg(feature = "record-filter")]
 mod record_filter {
     use super::{capture, Captured};
-    use crate::record_filter::{checked_filter, BatchContext, Record, RecordFilter, Verdict};
+    use crate::record_filter::{
+        checked_filter, BatchContext, KafkaRecord, Record, RecordBatch, RecordFilter, Verdict,
+    };
+
+    /// `records` as the gateway hands them to a filter: one batch in Kafka's
+    /// record format, the first record at `base_offset`.
+    pub fn write_batch(records: &[KafkaRecord], base_offset: i64) -> RecordBatch {
+        crate::wire::write(records, base_offset)
+    }
+
+    /// The records of `batch` as a filter reads them, exactly as in a plugin.
+    pub fn read_batch(batch: &RecordBatch) -> Result<Vec<Record<'_>>, String> {
+        crate::wire::read(std::slice::from_ref(batch))
+    }
 
     /// A record filter running natively, as one plugin instance would.
     pub struct FilterHarness<F> {
@@ -160,14 +173,18 @@ mod record_filter {
             })
         }
 
-        /// Calls [`RecordFilter::filter`], and checks the answer as the
-        /// gateway would: one verdict per record, no fan-out on a fetch.
+        /// Calls [`RecordFilter::filter`] on `records` as the gateway hands
+        /// them in (one batch in Kafka's record format, read back as
+        /// [`Record`](crate::Record)s, offsets from 0), and checks the answer as
+        /// the gateway would: one verdict per record, no fan-out on a fetch.
         pub fn filter(
             &mut self,
             ctx: &BatchContext,
-            records: &[Record],
+            records: &[KafkaRecord],
         ) -> Result<Vec<Verdict>, String> {
-            let (result, captured) = capture(|| checked_filter(&mut self.filter, ctx, records));
+            let batch = write_batch(records, 0);
+            let read = read_batch(&batch)?;
+            let (result, captured) = capture(|| checked_filter(&mut self.filter, ctx, &read));
             self.captured.append(captured);
             result
         }
@@ -177,8 +194,8 @@ mod record_filter {
         pub fn forward(
             &mut self,
             ctx: &BatchContext,
-            records: &[Record],
-        ) -> Result<Vec<Record>, String> {
+            records: &[KafkaRecord],
+        ) -> Result<Vec<KafkaRecord>, String> {
             let verdicts = self.filter(ctx, records)?;
             Ok(apply(records, &verdicts))
         }
@@ -204,7 +221,7 @@ mod record_filter {
     pub fn run_filter<F: RecordFilter>(
         config: &str,
         ctx: &BatchContext,
-        records: &[Record],
+        records: &[KafkaRecord],
     ) -> Result<Vec<Verdict>, String> {
         FilterHarness::<F>::new(config)?.filter(ctx, records)
     }
@@ -212,7 +229,7 @@ mod record_filter {
     /// What the gateway forwards for `records` given `verdicts` (which must be
     /// one per record): pass keeps the record, drop removes it, replace swaps
     /// it, fan-out puts several in its place.
-    pub fn apply(records: &[Record], verdicts: &[Verdict]) -> Vec<Record> {
+    pub fn apply(records: &[KafkaRecord], verdicts: &[Verdict]) -> Vec<KafkaRecord> {
         assert_eq!(records.len(), verdicts.len(), "one verdict per record");
         let mut out = Vec::with_capacity(records.len());
         for (record, verdict) in records.iter().zip(verdicts) {

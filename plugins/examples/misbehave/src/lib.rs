@@ -53,13 +53,14 @@ causeway_plugin_sdk::record_filter!(Misbehave);
 
 #[cfg(test)]
 mod tests {
+    use causeway_plugin_sdk::KafkaRecord;
     use causeway_plugin_sdk::testing::run_filter;
 
     use super::*;
 
     #[test]
     fn behaves_unless_told_otherwise() {
-        let records = vec![Record::new("a")];
+        let records = vec![KafkaRecord::new("a")];
         assert_eq!(
             run_filter::<Misbehave>("", &BatchContext::produce("t"), &records),
             Ok(vec![Verdict::Pass])

@@ -24,15 +24,16 @@ causeway_plugin_sdk::record_filter!(Passthrough);
 #[cfg(test)]
 mod tests {
     use causeway_plugin_sdk::testing::{run_filter, FilterHarness};
+    use causeway_plugin_sdk::KafkaRecord;
 
     use super::*;
 
     #[test]
     fn every_record_passes() {
         let records = vec![
-            Record::new("a"),
-            Record::tombstone("k"),
-            Record::new(vec![0xff, 0]),
+            KafkaRecord::new("a"),
+            KafkaRecord::tombstone("k"),
+            KafkaRecord::new(vec![0xff, 0]),
         ];
         let verdicts = run_filter::<Passthrough>("", &BatchContext::produce("t"), &records);
         assert_eq!(verdicts, Ok(vec![Verdict::Pass; 3]));
@@ -42,7 +43,7 @@ mod tests {
     fn empty_batch_and_fetch() {
         let mut harness = FilterHarness::<Passthrough>::new("anything").expect("init");
         assert_eq!(harness.filter(&BatchContext::fetch("t"), &[]), Ok(vec![]));
-        let records = [Record::new("x")];
+        let records = [KafkaRecord::new("x")];
         assert_eq!(
             harness.forward(&BatchContext::fetch("t"), &records),
             Ok(records.to_vec())

@@ -22,7 +22,7 @@
 //!
 //! Counters: `records_masked`, `values_masked` (per batch, when non-zero).
 
-use causeway_plugin_sdk::{count, BatchContext, Record, RecordFilter, Verdict};
+use causeway_plugin_sdk::{count, BatchContext, KafkaRecord, Record, RecordFilter, Verdict};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -109,8 +109,8 @@ impl RecordFilter for PiiMask {
 
 impl PiiMask {
     /// The masked record and how many values were masked, or `None` to pass it.
-    fn mask_record(&self, record: &Record) -> Option<(Record, u64)> {
-        let value = record.value.as_deref()?;
+    fn mask_record(&self, record: &Record) -> Option<(KafkaRecord, u64)> {
+        let value = record.value?;
         if !self.may_hold_pii(value) {
             return None;
         }
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn masks_listed_fields_at_any_depth() {
-        let records = [Record::new(
+        let records = [KafkaRecord::new(
             r#"{"id":7,"email":"a@b.io","profile":{"ssn":"123-45-6789","tags":[{"email":"c@d.io"}]},"n":1.50}"#,
         )
         .with_key("k")
@@ -343,13 +343,13 @@ mod tests {
     #[test]
     fn untouched_records_pass() {
         let records = [
-            Record::new(r#"{"id":1,"name":"x"}"#),
-            Record::new("not json, email: a@b.io"),
-            Record::new(vec![0xff, 0xfe, 0x00]),
-            Record::tombstone("k"),
-            Record::new(r#"{"email":null}"#),
+            KafkaRecord::new(r#"{"id":1,"name":"x"}"#),
+            KafkaRecord::new("not json, email: a@b.io"),
+            KafkaRecord::new(vec![0xff, 0xfe, 0x00]),
+            KafkaRecord::tombstone("k"),
+            KafkaRecord::new(r#"{"email":null}"#),
             // Mentions the field name only as a value.
-            Record::new(r#"{"note":"email"}"#),
+            KafkaRecord::new(r#"{"note":"email"}"#),
         ];
         let verdicts = run_filter::<PiiMask>(CONFIG, &produce(), &records).expect("filter");
         assert_eq!(verdicts, vec![Verdict::Pass; records.len()]);
@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn escaped_keys_are_still_found() {
-        let records = [Record::new(r#"{"\u0065mail":"a@b.io"}"#)];
+        let records = [KafkaRecord::new(r#"{"\u0065mail":"a@b.io"}"#)];
         let verdicts = run_filter::<PiiMask>(CONFIG, &produce(), &records).expect("filter");
         assert_eq!(
             value_of(&verdicts[0]).as_deref(),
@@ -369,11 +369,11 @@ mod tests {
     fn detectors_mask_inside_strings() {
         let config = r#"{"detect":["email","card"],"mask":"<redacted>"}"#;
         let records = [
-            Record::new(
+            KafkaRecord::new(
                 r#"{"msg":"mail jo.doe+x@mail.example.com. or pay 4111 1111 1111 1111 now"}"#,
             ),
-            Record::new(r#"["card 4111-1111-1111-1111", "order 1234567890123"]"#),
-            Record::new(r#""plain string with bob@example.org""#),
+            KafkaRecord::new(r#"["card 4111-1111-1111-1111", "order 1234567890123"]"#),
+            KafkaRecord::new(r#""plain string with bob@example.org""#),
         ];
         let verdicts = run_filter::<PiiMask>(config, &produce(), &records).expect("filter");
         assert_eq!(
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn fetch_answers_are_masked_too() {
-        let records = [Record::new(r#"{"ssn":"1"}"#)];
+        let records = [KafkaRecord::new(r#"{"ssn":"1"}"#)];
         let verdicts = run_filter::<PiiMask>(CONFIG, &BatchContext::fetch("customers"), &records)
             .expect("filter");
         assert_eq!(value_of(&verdicts[0]).as_deref(), Some(r#"{"ssn":"***"}"#));

@@ -120,7 +120,7 @@ impl RecordFilter for Validate {
 impl Validate {
     /// Why `record` is invalid, or `None`.
     fn problem(&self, record: &Record) -> Option<String> {
-        let Some(value) = record.value.as_deref() else {
+        let Some(value) = record.value else {
             return (!self.allow_tombstones).then(|| "no value (a tombstone)".to_string());
         };
         let doc = match serde_json::from_slice::<Value>(value) {
@@ -146,17 +146,18 @@ causeway_plugin_sdk::record_filter!(Validate);
 
 #[cfg(test)]
 mod tests {
+    use causeway_plugin_sdk::KafkaRecord;
     use causeway_plugin_sdk::log::Level;
     use causeway_plugin_sdk::testing::{run_filter, FilterHarness};
 
     use super::*;
 
-    fn batch() -> Vec<Record> {
+    fn batch() -> Vec<KafkaRecord> {
         vec![
-            Record::new(r#"{"id":1,"customer":{"email":"a@b.io"}}"#),
-            Record::new(r#"{"id":2,"customer":{}}"#),
-            Record::new(r#"{"customer":{"email":"c@d.io"}}"#),
-            Record::tombstone("k"),
+            KafkaRecord::new(r#"{"id":1,"customer":{"email":"a@b.io"}}"#),
+            KafkaRecord::new(r#"{"id":2,"customer":{}}"#),
+            KafkaRecord::new(r#"{"customer":{"email":"c@d.io"}}"#),
+            KafkaRecord::tombstone("k"),
         ]
     }
 
@@ -179,8 +180,8 @@ mod tests {
     #[test]
     fn valid_batches_pass() {
         let records = [
-            Record::new(r#"{"id":0,"customer":{"email":"x","more":1}}"#),
-            Record::tombstone("k"),
+            KafkaRecord::new(r#"{"id":0,"customer":{"email":"x","more":1}}"#),
+            KafkaRecord::tombstone("k"),
         ];
         let verdicts = run_filter::<Validate>(
             &format!("{{{REQUIRED}}}"),
@@ -216,10 +217,10 @@ mod tests {
         let config = format!(r#"{{{REQUIRED},"mode":"drop","allow_tombstones":false}}"#);
         let mut harness = FilterHarness::<Validate>::new(&config).expect("init");
         let records = [
-            Record::new("plain text"),
-            Record::new("[1,2]"),
-            Record::new(r#"{"id":null,"customer":{"email":"e"}}"#),
-            Record::tombstone("k"),
+            KafkaRecord::new("plain text"),
+            KafkaRecord::new("[1,2]"),
+            KafkaRecord::new(r#"{"id":null,"customer":{"email":"e"}}"#),
+            KafkaRecord::tombstone("k"),
         ];
         assert_eq!(
             harness.filter(&BatchContext::produce("t"), &records),
