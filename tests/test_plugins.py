@@ -18,7 +18,7 @@ from rig import Gateway, Tansu, plugin_component, wait_for
 MASK_CONFIG = json.dumps({"fields": ["email", "ssn"], "mask": "***"})
 
 
-def gateway_with(broker, plugins):
+def gateway_with(broker, plugins, extra_env=None):
     """A Causeway in front of `broker` running `plugins` ([[plugins]] tables as dicts)."""
     lines = [
         "[gateway]", 'listen = "{listen}"', "[admin]", 'listen = "{admin}"',
@@ -30,7 +30,7 @@ def gateway_with(broker, plugins):
             lines.append(f"{k} = {json.dumps(v)}")
     text = "\n".join(lines).replace("{", "{{").replace("}", "}}")
     text = text.replace("{{listen}}", "{listen}").replace("{{admin}}", "{admin}")
-    gw = Gateway(config=text)
+    gw = Gateway(config=text, extra_env=extra_env)
     gw.wait_ready()
     return gw
 
@@ -208,3 +208,25 @@ def test_a_plugin_that_is_not_a_component_stops_the_start_with_a_clear_error(bro
     r = subprocess.run([str(causeway_bin()), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "plugin 'junk'" in r.stderr and "junk.wasm" in r.stderr, r.stderr
+
+
+def test_compiled_code_is_cached_across_restarts(broker, tmp_path):
+    """A restart loads the component from the compiled-code cache, and the
+    cached plugin still filters: the second gateway masks like the first."""
+    broker.create_topic("cached.users", 1)
+    cache = tmp_path / "cache"
+    plugin = {
+        "name": "pii", "kind": "record-filter", "path": plugin_component("pii-mask"),
+        "config": json.dumps({"fields": ["email"]}), "topics": "cached.*",
+    }
+    env = {"CAUSEWAY_PLUGIN_CACHE": str(cache)}
+    for run, expect in enumerate(["now", "from cache"]):
+        gw = gateway_with(broker, [plugin], extra_env=env)
+        try:
+            assert f'compiled="{expect}"' in gw.process.output(), gw.process.output()[-2000:]
+            assert deliver(gw.addr, "cached.users", [json.dumps({"email": f"u{run}@x.io"}).encode()]) == [None]
+        finally:
+            gw.close()
+        assert any(p.is_file() for p in cache.rglob("*")), "nothing written to the cache"
+    values = [json.loads(v)["email"] for _, _, v, _ in read_partition(broker.addr, "cached.users", 0)]
+    assert values == ["***", "***"]

@@ -167,5 +167,7 @@ async fn reload_on_hangup(routes: std::sync::Arc<causeway::routing::RouteControl
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAUSEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Colour only on a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 }

@@ -108,6 +108,7 @@ impl Filter {
     /// initialises with the configured string.
     pub fn load(engine: &Engine, config: &PluginConfig, scope: Glob) -> anyhow::Result<Self> {
         let name: Arc<str> = Arc::from(config.name.as_str());
+        let hits_before = super::cache_counts().map_or(0, |(hits, _)| hits);
         let generation = compile(engine, &name, &config.path)?;
         let filter = Self {
             name,
@@ -129,7 +130,13 @@ impl Filter {
             .instantiate(&generation)
             .map_err(|e| anyhow::anyhow!("plugin '{}': {e}", config.name))?;
         put_back(&generation, first);
-        tracing::info!(plugin = %filter.name, path = %config.path, "plugin loaded");
+        let hits = super::cache_counts().map_or(0, |(hits, _)| hits);
+        tracing::info!(
+            plugin = %filter.name,
+            path = %config.path,
+            compiled = if hits > hits_before { "from cache" } else { "now" },
+            "plugin loaded"
+        );
         Ok(filter)
     }
 

@@ -11,11 +11,12 @@
 pub mod batches;
 pub mod filter;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::Problem;
 use crate::routing::Glob;
@@ -124,6 +125,18 @@ pub fn engine(max_memory_mb: u32) -> anyhow::Result<Engine> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = cache_dir() {
+        let mut cache = CacheConfig::new();
+        cache.with_directory(&dir);
+        match Cache::new(cache) {
+            Ok(cache) => {
+                tracing::debug!(dir = %dir.display(), "compiled plugin code is cached");
+                let _ = CACHE.set(cache.clone());
+                config.cache(Some(cache));
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot cache compiled plugin code; compiling at every start"),
+        }
+    }
     let engine = Engine::new(&config)?;
     let weak = engine.weak();
     std::thread::Builder::new()
@@ -136,6 +149,32 @@ pub fn engine(max_memory_mb: u32) -> anyhow::Result<Engine> {
             }
         })?;
     Ok(engine)
+}
+
+/// The compiled-code cache of the engine, to report hits.
+static CACHE: OnceLock<Cache> = OnceLock::new();
+
+/// Where compiled plugin code is kept between runs, so that a restart loads a
+/// plugin without compiling it again: `CAUSEWAY_PLUGIN_CACHE` (a directory, or
+/// `off`), else `$XDG_CACHE_HOME/causeway/plugins`, else
+/// `$HOME/.cache/causeway/plugins`. Entries are keyed by the component's bytes
+/// and the engine's settings, so a changed plugin or gateway never loads stale
+/// code.
+fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("CAUSEWAY_PLUGIN_CACHE") {
+        Some(v) if v == "off" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("causeway").join("plugins")),
+    }
+}
+
+/// Compiled components found in the cache so far, and compiled afresh.
+pub fn cache_counts() -> Option<(usize, usize)> {
+    CACHE.get().map(|c| (c.cache_hits(), c.cache_misses()))
 }
 
 /// Loads every configured record filter.
