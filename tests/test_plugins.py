@@ -230,3 +230,60 @@ def test_compiled_code_is_cached_across_restarts(broker, tmp_path):
         assert any(p.is_file() for p in cache.rglob("*")), "nothing written to the cache"
     values = [json.loads(v)["email"] for _, _, v, _ in read_partition(broker.addr, "cached.users", 0)]
     assert values == ["***", "***"]
+
+
+def test_scope_by_cluster_and_principal(broker):
+    """`clusters` and `principals` narrow where a filter runs: the masking
+    plugin scoped to one cluster leaves the other's topics alone, and one
+    scoped to authenticated principals leaves anonymous clients alone."""
+    from rig import clusters_config
+
+    west = Tansu()
+    try:
+        broker.create_topic("east.scoped", 1)
+        west.create_topic("west.scoped", 1)
+        config = clusters_config(
+            {"east": broker.addr, "west": west.addr},
+            [{"topics": "east.*", "cluster": "east"}, {"topics": "*", "cluster": "west"}],
+        )
+        mask = {"kind": "record-filter", "path": plugin_component("pii-mask"),
+                "config": json.dumps({"fields": ["email"]})}
+        plugins = [
+            {"name": "east-only", **mask, "clusters": ["east"]},
+            {"name": "users-only", **mask, "principals": ["User:*"]},
+        ]
+        lines = []
+        for p in plugins:
+            lines.append("[[plugins]]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in p.items()]
+        config += "\n" + "\n".join(lines).replace("{", "{{").replace("}", "}}") + "\n"
+        gw = Gateway(config=config)
+        try:
+            gw.wait_ready()
+            doc = json.dumps({"email": "a@b.io"}).encode()
+            assert deliver(gw.addr, "east.scoped", [doc]) == [None]
+            assert deliver(gw.addr, "west.scoped", [doc]) == [None]
+        finally:
+            gw.close()
+        east = [json.loads(v)["email"] for _, _, v, _ in read_partition(broker.addr, "east.scoped", 0)]
+        west_values = [json.loads(v)["email"] for _, _, v, _ in read_partition(west.addr, "west.scoped", 0)]
+        assert east == ["***"]
+        assert west_values == ["a@b.io"], "neither plugin is in scope for west and ANONYMOUS"
+    finally:
+        west.close()
+
+
+def test_a_plugin_scoped_to_an_unknown_cluster_is_a_config_error(tmp_path):
+    from rig import causeway_bin
+
+    cfg = tmp_path / "causeway.toml"
+    cfg.write_text(
+        '[gateway]\nlisten = "127.0.0.1:0"\n[clusters.main]\nbootstrap = ["127.0.0.1:9"]\n'
+        f'[[plugins]]\nname = "p"\nkind = "record-filter"\npath = "{plugin_component("passthrough")}"\n'
+        'clusters = ["mian"]\n'
+    )
+    import subprocess
+
+    r = subprocess.run([str(causeway_bin()), "check", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "plugins[0].clusters" in r.stderr + r.stdout and "'mian' is not a cluster" in r.stderr + r.stdout, r.stderr + r.stdout

@@ -359,7 +359,7 @@ impl Config {
             }
         }
         out.extend(routing::validate(&self.routes, &self.cluster_names()));
-        out.extend(crate::plugins::validate(&self.plugins));
+        out.extend(crate::plugins::validate(&self.plugins, &self.cluster_names()));
         out
     }
 

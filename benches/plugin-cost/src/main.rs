@@ -25,7 +25,6 @@ use bytes::{Bytes, BytesMut};
 use causeway::plugins::batches;
 use causeway::plugins::filter::{self as host, Filter, FilterChain};
 use causeway::plugins::PluginConfig;
-use causeway::routing::Glob;
 use causeway_plugin_sdk as sdk;
 use causeway_plugin_sdk::RecordFilter;
 use indexmap::IndexMap;
@@ -73,11 +72,13 @@ fn main() -> anyhow::Result<()> {
             config: config.into(),
             on: vec!["produce".into()],
             topics: "*".into(),
+            clusters: Vec::new(),
+            principals: Vec::new(),
             on_error: "reject".into(),
             memory_mb: 64,
             timeout_ms: 1000,
         };
-        Filter::load(&engine, &config, Glob::new("*"))
+        Filter::load(&engine, &config)
     };
 
     let mut rows = Vec::new();
@@ -105,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         let host_ctx = host::BatchContext {
             direction: host::Direction::Produce,
             topic: "payments".into(),
+            cluster: "main".into(),
             partition: 0,
             principal: "ANONYMOUS".into(),
             client_id: "bench".into(),
@@ -324,6 +326,7 @@ fn check_same(
         && wasm.iter().zip(native).all(|(w, n)| match (w, n) {
             (host::Verdict::Pass, sdk::Verdict::Pass) | (host::Verdict::Drop, sdk::Verdict::Drop) => true,
             (host::Verdict::Replace(w), sdk::Verdict::Replace(n)) => w.value == n.value && w.key == n.key,
+            (host::Verdict::ReplaceValue(w), sdk::Verdict::ReplaceValue(n)) => w == n,
             _ => false,
         });
     if !same {

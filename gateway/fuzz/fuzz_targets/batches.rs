@@ -1,7 +1,12 @@
-//! Record batch header walking over arbitrary fetched bytes.
+//! Record batches over arbitrary bytes: the header walk every fetch answer and
+//! produce request goes through, and what record filters read (decompressed
+//! sections, and the full decode when a verdict changes something).
 #![no_main]
 
+use bytes::Bytes;
 use causeway::codec::batches;
+use causeway::plugins::batches as filtered;
+use causeway::plugins::filter::Direction;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,4 +16,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(end <= data.len());
     }
     let _ = batches::aborted_transactions(data);
+
+    let bytes = Bytes::copy_from_slice(data);
+    for direction in [Direction::Produce, Direction::Fetch] {
+        if let Ok(sections) = filtered::sections(&bytes, direction) {
+            let total: usize = sections.iter().map(|s| s.records.len()).sum();
+            assert!(total <= filtered::MAX_RECORD_BYTES);
+            // What the chain does once a filter changes something.
+            if let Ok(decoded) = filtered::decode(&bytes) {
+                let _ = decoded.encode(direction);
+            }
+        }
+    }
 });

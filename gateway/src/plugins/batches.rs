@@ -46,7 +46,6 @@ pub struct Decoded {
 /// its size limit): it is left out, as clients do. A produce must be whole v2
 /// batches, so that no record reaches the broker unseen.
 pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<RecordBatch>> {
-    use kafka_protocol::compression::{self as codec, Decompressor};
     let whole: usize = headers::headers(bytes).map(|h| h.size).sum();
     if direction == Direction::Produce && whole != bytes.len() {
         anyhow::bail!(
@@ -57,6 +56,7 @@ pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Recor
     }
     let mut out = Vec::new();
     let mut at = 0usize;
+    let mut total = 0usize;
     for h in headers::headers(bytes) {
         // The CRC is not checked here: filters only read, a changed batch is
         // decoded (and checked) before it is written, and the broker checks
@@ -69,22 +69,75 @@ pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Recor
         if !(0..=MAX_RECORDS).contains(&h.record_count) {
             anyhow::bail!("a batch declares {} records; at most {MAX_RECORDS} are accepted", h.record_count);
         }
-        let mut body = bytes.slice(at - h.size + headers::RECORDS_AT..at);
-        let whole = |b: &mut Bytes| Ok(b.to_vec());
-        let records = match h.compression {
-            0 => body.to_vec(),
-            1 => codec::Gzip::decompress(&mut body, whole)?,
-            2 => codec::Snappy::decompress(&mut body, whole)?,
-            3 => codec::Lz4::decompress(&mut body, whole)?,
-            4 => codec::Zstd::decompress(&mut body, whole)?,
-            other => anyhow::bail!("the batch at offset {base_offset} uses unknown compression {other}"),
-        };
+        let body = bytes.get(at - h.size + headers::RECORDS_AT..at).unwrap_or_default();
+        let room = MAX_RECORD_BYTES.saturating_sub(total);
+        let records = decompress(h.compression, body, room)
+            .map_err(|e| anyhow::anyhow!("the batch at offset {base_offset}: {e}"))?;
+        total += records.len();
         out.push(RecordBatch {
             base_offset,
             base_timestamp: h.first_timestamp,
             count: h.record_count as u32,
             records,
         });
+    }
+    Ok(out)
+}
+
+/// Uncompressed record bytes one partition's batches may hold before Causeway
+/// refuses to filter them: a small compressed batch can claim gigabytes.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// A batch's records, decompressed with `codec` (the low bits of its
+/// attributes), refused once they pass `limit` bytes.
+fn decompress(codec: u8, body: &[u8], limit: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = || anyhow::anyhow!("its records decompress to more than {} MiB", MAX_RECORD_BYTES >> 20);
+    let bounded = |mut reader: Box<dyn Read + '_>| -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader.by_ref().take(limit as u64 + 1).read_to_end(&mut out)?;
+        if out.len() > limit {
+            return Err(too_big());
+        }
+        Ok(out)
+    };
+    match codec {
+        0 if body.len() > limit => Err(too_big()),
+        0 => Ok(body.to_vec()),
+        1 => bounded(Box::new(flate2::read::GzDecoder::new(body))).map_err(|e| anyhow::anyhow!("gzip: {e}")),
+        2 => snappy(body, limit).map_err(|e| anyhow::anyhow!("snappy: {e}")),
+        3 => bounded(Box::new(lz4::Decoder::new(body)?)).map_err(|e| anyhow::anyhow!("lz4: {e}")),
+        4 => bounded(Box::new(zstd::stream::read::Decoder::new(body)?)).map_err(|e| anyhow::anyhow!("zstd: {e}")),
+        other => anyhow::bail!("unknown compression {other}"),
+    }
+}
+
+/// Kafka's snappy: xerial framing (a magic header, then length-prefixed
+/// blocks) as the Java client writes it, or one raw block. Each block's
+/// declared length is checked against the room left before allocating.
+fn snappy(body: &[u8], limit: usize) -> anyhow::Result<Vec<u8>> {
+    const MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+    let mut out = Vec::new();
+    let block = |compressed: &[u8], out: &mut Vec<u8>| -> anyhow::Result<()> {
+        let n = snap::raw::decompress_len(compressed)?;
+        if n > limit.saturating_sub(out.len()) {
+            anyhow::bail!("its records decompress to more than {} MiB", MAX_RECORD_BYTES >> 20);
+        }
+        let start = out.len();
+        out.resize(start + n, 0);
+        snap::raw::Decoder::new().decompress(compressed, &mut out[start..])?;
+        Ok(())
+    };
+    let Some(mut rest) = body.strip_prefix(&MAGIC[..]) else {
+        block(body, &mut out)?;
+        return Ok(out);
+    };
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(|| anyhow::anyhow!("a block length is cut off"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let compressed = tail.get(..len).ok_or_else(|| anyhow::anyhow!("a block is shorter than its length"))?;
+        block(compressed, &mut out)?;
+        rest = &tail[len..];
     }
     Ok(out)
 }
@@ -187,6 +240,13 @@ impl Decoded {
                 None | Some(Verdict::Pass) => out.push(record),
                 Some(Verdict::Replace(r)) => {
                     out.push(from_wit(&record, r));
+                    changed = true;
+                }
+                Some(Verdict::ReplaceValue(value)) => {
+                    out.push(Record {
+                        value: value.map(Bytes::from),
+                        ..record
+                    });
                     changed = true;
                 }
                 Some(Verdict::Drop) => {
@@ -383,6 +443,27 @@ mod tests {
         let read = sections(&cut, Direction::Fetch).expect("fetch");
         assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 3);
         assert_eq!(decode(&cut).expect("decode").records.len(), 3);
+    }
+
+    #[test]
+    fn hostile_compressed_sizes_are_refused_before_allocating() {
+        // A raw snappy block that claims 4 GiB in five bytes.
+        let err = decompress(2, &[0xff, 0xff, 0xff, 0xff, 0x0f], MAX_RECORD_BYTES).expect_err("claim");
+        assert!(err.to_string().contains("more than 64 MiB"), "{err}");
+        // The same inside xerial framing.
+        let mut framed = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
+        framed.extend_from_slice(&5u32.to_be_bytes());
+        framed.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decompress(2, &framed, MAX_RECORD_BYTES).is_err());
+        // A zstd bomb: 80 MiB of zeros in a few KiB.
+        let bomb = zstd::encode_all(&vec![0u8; 80 << 20][..], 3).expect("zstd");
+        assert!(bomb.len() < 64 << 10);
+        let err = decompress(4, &bomb, MAX_RECORD_BYTES).expect_err("bomb");
+        assert!(err.to_string().contains("more than 64 MiB"), "{err}");
+        // Garbage is an error, not a panic, for every codec.
+        for codec in 0..=5 {
+            let _ = decompress(codec, &[1, 2, 3, 4, 5, 6, 7, 8], MAX_RECORD_BYTES);
+        }
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct Filter {
     pub name: Arc<str>,
     pub path: String,
     scope: Glob,
+    /// Empty: every cluster.
+    clusters: Vec<String>,
+    /// Empty: every principal.
+    principals: Vec<Glob>,
     produce: bool,
     fetch: bool,
     /// Whether a failed call passes the batch on (`true`) or rejects it.
@@ -106,14 +110,16 @@ pub enum Outcome {
 impl Filter {
     /// Compiles the component, links the host, and makes sure one instance
     /// initialises with the configured string.
-    pub fn load(engine: &Engine, config: &PluginConfig, scope: Glob) -> anyhow::Result<Self> {
+    pub fn load(engine: &Engine, config: &PluginConfig) -> anyhow::Result<Self> {
         let name: Arc<str> = Arc::from(config.name.as_str());
         let hits_before = super::cache_counts().map_or(0, |(hits, _)| hits);
         let generation = compile(engine, &name, &config.path)?;
         let filter = Self {
             name,
             path: config.path.clone(),
-            scope,
+            scope: Glob::new(&config.topics),
+            clusters: config.clusters.clone(),
+            principals: config.principals.iter().map(|p| Glob::new(p)).collect(),
             produce: config.on.iter().any(|d| d == "produce"),
             fetch: config.on.iter().any(|d| d == "fetch"),
             pass_on_error: config.on_error == "pass",
@@ -202,13 +208,22 @@ impl Filter {
         }
     }
 
-    /// Whether this filter sees batches of `topic` going `direction`.
+    /// Whether this filter may see batches of `topic` going `direction`
+    /// (before the cluster and principal are known).
     pub fn applies(&self, direction: Direction, topic: &str) -> bool {
         let on = match direction {
             Direction::Produce => self.produce,
             Direction::Fetch => self.fetch,
         };
         on && self.scope.matches(topic)
+    }
+
+    /// Whether this filter sees the batch `context` describes: its direction,
+    /// topic, cluster and principal are all in scope.
+    pub fn in_scope(&self, context: &BatchContext) -> bool {
+        self.applies(context.direction, &context.topic)
+            && (self.clusters.is_empty() || self.clusters.contains(&context.cluster))
+            && (self.principals.is_empty() || self.principals.iter().any(|g| g.matches(&context.principal)))
     }
 
     fn backed_off(&self) -> bool {
@@ -401,7 +416,7 @@ impl FilterChain {
         let applying: Vec<&Filter> = self
             .filters
             .iter()
-            .filter(|f| f.applies(context.direction, &context.topic))
+            .filter(|f| f.in_scope(context))
             .collect();
         if applying.is_empty() {
             return Outcome::Unchanged;

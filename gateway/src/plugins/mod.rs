@@ -19,7 +19,6 @@ use serde::Deserialize;
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::Problem;
-use crate::routing::Glob;
 
 pub use filter::{FilterChain, Outcome};
 
@@ -45,6 +44,12 @@ pub struct PluginConfig {
     /// Topics (client-visible names) the plugin sees: a name, prefix or glob.
     #[serde(default = "default_topics")]
     pub topics: String,
+    /// Backend clusters whose topics the plugin sees; empty: every cluster.
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// Principals the plugin sees (names, prefixes or globs); empty: everyone.
+    #[serde(default)]
+    pub principals: Vec<String>,
     /// What a failed call (trap, deadline, error) does to a batch: `reject` or `pass`.
     #[serde(default = "default_on_error")]
     pub on_error: String,
@@ -72,8 +77,9 @@ fn default_timeout_ms() -> u64 {
     100
 }
 
-/// Every problem with the `[[plugins]]` entries.
-pub fn validate(plugins: &[PluginConfig]) -> Vec<Problem> {
+/// Every problem with the `[[plugins]]` entries; `clusters` are the names
+/// the config declares.
+pub fn validate(plugins: &[PluginConfig], clusters: &[String]) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut problem = |field: String, message: String| out.push(Problem { field, message });
     for (i, p) in plugins.iter().enumerate() {
@@ -95,6 +101,15 @@ pub fn validate(plugins: &[PluginConfig]) -> Vec<Problem> {
                 format!("{base}.path"),
                 format!("'{}' is not a file; build the plugin (scripts/build-plugins.sh) or fix the path", p.path),
             );
+        }
+        for c in p.clusters.iter().filter(|c| !clusters.contains(c)) {
+            problem(
+                format!("{base}.clusters"),
+                format!("'{c}' is not a cluster of this config (known: {})", clusters.join(", ")),
+            );
+        }
+        if p.principals.iter().any(|g| g.is_empty()) {
+            problem(format!("{base}.principals"), "has an empty pattern".into());
         }
         if p.on.is_empty() || p.on.iter().any(|d| d != "produce" && d != "fetch") {
             problem(format!("{base}.on"), "list \"produce\", \"fetch\" or both".into());
@@ -186,8 +201,7 @@ pub fn load(plugins: &[PluginConfig]) -> anyhow::Result<Arc<FilterChain>> {
     let engine = engine(max)?;
     let mut chain = FilterChain::default();
     for p in plugins {
-        let scope = Glob::new(&p.topics);
-        chain.push(filter::Filter::load(&engine, p, scope)?);
+        chain.push(filter::Filter::load(&engine, p)?);
     }
     let chain = Arc::new(chain);
     FilterChain::watch(&chain, Duration::from_secs(2));

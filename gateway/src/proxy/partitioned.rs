@@ -655,15 +655,18 @@ impl Split for ProduceRequest {
         use crate::plugins::Outcome;
         let mut changed = false;
         let mut rejected = Vec::new();
+        let router = gw.router();
         for (ti, t) in self.topic_data.iter_mut().enumerate() {
             if !gw.filters.applies(Direction::Produce, &t.name.0) {
                 continue;
             }
+            let cluster = cluster_of(gw, &router, &t.name.0);
             for (pi, p) in t.partition_data.iter_mut().enumerate() {
                 let Some(records) = &p.records else { continue };
                 let context = BatchContext {
                     direction: Direction::Produce,
                     topic: t.name.0.to_string(),
+                    cluster: cluster.clone(),
                     partition: p.index,
                     principal: "ANONYMOUS".into(),
                     client_id: client_id.to_string(),
@@ -873,6 +876,16 @@ impl Split for FetchRequest {
     }
 }
 
+/// The name of the cluster the client-visible topic `name` is routed to, or
+/// "" if none is.
+fn cluster_of(gw: &Gateway, router: &Router, name: &str) -> String {
+    router
+        .topic(name)
+        .and_then(|t| gw.backends.cluster(t.cluster))
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
 /// Runs the record filters over a fetch answer's records. Topics fetched by id
 /// are named from the cluster metadata Causeway holds. A rejected partition
 /// carries POLICY_VIOLATION instead of its records.
@@ -895,11 +908,13 @@ pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> 
         if !gw.filters.applies(Direction::Fetch, &name) {
             continue;
         }
+        let cluster = cluster_of(gw, &router, &name);
         for p in &mut t.partitions {
             let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else { continue };
             let context = BatchContext {
                 direction: Direction::Fetch,
                 topic: name.clone(),
+                cluster: cluster.clone(),
                 partition: p.partition_index,
                 principal: "ANONYMOUS".into(),
                 client_id: client_id.to_string(),

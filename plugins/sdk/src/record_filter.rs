@@ -29,8 +29,9 @@ pub use bindings::causeway::plugin::records::{
 use crate::wire::HeaderBytes;
 
 /// A record as a filter reads it: borrowed from the batch the gateway handed
-/// into the sandbox, so reading a record copies nothing. To change one,
-/// answer [`Verdict::Replace`] with a [`KafkaRecord`], usually from
+/// into the sandbox, so reading a record copies nothing. To change its value,
+/// answer [`Verdict::ReplaceValue`] (nothing else crosses back); to change
+/// more, [`Verdict::Replace`] with a [`KafkaRecord`], for example from
 /// [`with_value`](Record::with_value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -209,10 +210,17 @@ impl BatchContext {
         BatchContext {
             direction,
             topic,
+            cluster: String::new(),
             partition: 0,
             principal: "ANONYMOUS".to_string(),
             client_id: String::new(),
         }
+    }
+
+    /// Sets the backend cluster.
+    pub fn with_cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = cluster.into();
+        self
     }
 
     /// Sets the partition.
@@ -477,17 +485,19 @@ mod tests {
         assert_eq!(view.with_value("w"), replaced);
         assert_eq!(view.owned(), r);
         let ctx = BatchContext::fetch("t")
+            .with_cluster("east")
             .with_partition(3)
             .with_principal("alice")
             .with_client_id("c");
         assert_eq!(
             (
                 ctx.direction,
+                ctx.cluster.as_str(),
                 ctx.partition,
                 ctx.principal.as_str(),
                 ctx.client_id.as_str()
             ),
-            (Direction::Fetch, 3, "alice", "c")
+            (Direction::Fetch, "east", 3, "alice", "c")
         );
     }
 }

@@ -228,7 +228,7 @@ mod record_filter {
 
     /// What the gateway forwards for `records` given `verdicts` (which must be
     /// one per record): pass keeps the record, drop removes it, replace swaps
-    /// it, fan-out puts several in its place.
+    /// it, replace-value swaps its value, fan-out puts several in its place.
     pub fn apply(records: &[KafkaRecord], verdicts: &[Verdict]) -> Vec<KafkaRecord> {
         assert_eq!(records.len(), verdicts.len(), "one verdict per record");
         let mut out = Vec::with_capacity(records.len());
@@ -237,6 +237,10 @@ mod record_filter {
                 Verdict::Pass => out.push(record.clone()),
                 Verdict::Drop => {}
                 Verdict::Replace(new) => out.push(new.clone()),
+                Verdict::ReplaceValue(value) => out.push(KafkaRecord {
+                    value: value.clone(),
+                    ..record.clone()
+                }),
                 Verdict::FanOut(new) => out.extend(new.iter().cloned()),
             }
         }

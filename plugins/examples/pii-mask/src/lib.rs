@@ -17,14 +17,18 @@
 //! At least one of `fields` and `detect` must be given; unknown keys are an
 //! error. Only values are read: keys and headers pass as they are. A record
 //! whose value is not JSON, or has nothing to mask, gets `pass` (its bytes do
-//! not come back from the sandbox); a masked one gets `replace`, re-serialized
-//! compactly with its key order and numbers kept.
+//! not come back from the sandbox); a masked one gets `replace-value` with the same
+//! bytes but for the masked values (spacing, key order, escapes and numbers
+//! kept): the document is read in one pass, with no tree built.
 //!
 //! Counters: `records_masked`, `values_masked` (per batch, when non-zero).
 
-use causeway_plugin_sdk::{count, BatchContext, KafkaRecord, Record, RecordFilter, Verdict};
+mod rewrite;
+
+use std::borrow::Cow;
+
+use causeway_plugin_sdk::{count, BatchContext, Record, RecordFilter, Verdict};
 use serde::Deserialize;
-use serde_json::Value;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,7 +98,7 @@ impl RecordFilter for PiiMask {
                 Some((masked, n)) => {
                     records_masked += 1;
                     values_masked += n;
-                    Verdict::Replace(masked)
+                    Verdict::ReplaceValue(Some(masked))
                 }
                 None => Verdict::Pass,
             })
@@ -108,19 +112,13 @@ impl RecordFilter for PiiMask {
 }
 
 impl PiiMask {
-    /// The masked record and how many values were masked, or `None` to pass it.
-    fn mask_record(&self, record: &Record) -> Option<(KafkaRecord, u64)> {
+    /// The masked value and how many values were masked, or `None` to pass it.
+    fn mask_record(&self, record: &Record) -> Option<(Vec<u8>, u64)> {
         let value = record.value?;
         if !self.may_hold_pii(value) {
             return None;
         }
-        let mut doc: Value = serde_json::from_slice(value).ok()?;
-        let masked = self.mask_value(&mut doc);
-        if masked == 0 {
-            return None;
-        }
-        let bytes = serde_json::to_vec(&doc).ok()?;
-        Some((record.with_value(bytes), masked))
+        rewrite::rewrite(value, self)
     }
 
     /// A cheap look at the raw bytes before parsing: most records hold none of
@@ -132,37 +130,27 @@ impl PiiMask {
             || (self.email && value.contains(&b'@'))
             || (self.card && value.iter().filter(|b| b.is_ascii_digit()).count() >= CARD_MIN_DIGITS)
     }
+}
 
-    /// Masks in place; returns how many values it masked.
-    fn mask_value(&self, value: &mut Value) -> u64 {
-        match value {
-            Value::Object(map) => {
-                let mut n = 0;
-                for (key, v) in map.iter_mut() {
-                    if self.fields.iter().any(|f| f == key) {
-                        if !v.is_null() {
-                            *v = Value::String(self.mask.clone());
-                            n += 1;
-                        }
-                    } else {
-                        n += self.mask_value(v);
-                    }
-                }
-                n
-            }
-            Value::Array(items) => items.iter_mut().map(|v| self.mask_value(v)).sum(),
-            Value::String(s) => {
-                let mut n = 0;
-                if self.email {
-                    n += replace_spans(s, find_emails, &self.mask);
-                }
-                if self.card {
-                    n += replace_spans(s, find_cards, &self.mask);
-                }
-                n
-            }
-            _ => 0,
+impl rewrite::Masking for PiiMask {
+    fn masks_field(&self, key: &str) -> bool {
+        self.fields.iter().any(|f| f == key)
+    }
+
+    fn mask_text(&self, text: &str) -> Option<(String, u64)> {
+        let mut out = Cow::Borrowed(text);
+        let mut n = 0;
+        if self.email {
+            n += replace_spans(&mut out, find_emails, &self.mask);
         }
+        if self.card {
+            n += replace_spans(&mut out, find_cards, &self.mask);
+        }
+        (n > 0).then(|| (out.into_owned(), n))
+    }
+
+    fn mask(&self) -> &str {
+        &self.mask
     }
 }
 
@@ -171,7 +159,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Replaces the byte spans `find` returns (sorted, disjoint) with `mask`.
-fn replace_spans(s: &mut String, find: fn(&str) -> Vec<(usize, usize)>, mask: &str) -> u64 {
+fn replace_spans(s: &mut Cow<'_, str>, find: fn(&str) -> Vec<(usize, usize)>, mask: &str) -> u64 {
     let spans = find(s);
     if spans.is_empty() {
         return 0;
@@ -184,7 +172,7 @@ fn replace_spans(s: &mut String, find: fn(&str) -> Vec<(usize, usize)>, mask: &s
         at = end;
     }
     out.push_str(&s[at..]);
-    *s = out;
+    *s = Cow::Owned(out);
     spans.len() as u64
 }
 
@@ -248,11 +236,11 @@ fn find_cards(s: &str) -> Vec<(usize, usize)> {
         // A run of digits with single separators between them.
         let start = i;
         let mut end = i;
-        let mut digits = Vec::new();
+        let mut count = 0;
         let mut j = i;
         while j < b.len() {
             if b[j].is_ascii_digit() {
-                digits.push(b[j] - b'0');
+                count += 1;
                 j += 1;
                 end = j;
             } else if matches!(b[j], b' ' | b'-') && j + 1 < b.len() && b[j + 1].is_ascii_digit() {
@@ -261,7 +249,7 @@ fn find_cards(s: &str) -> Vec<(usize, usize)> {
                 break;
             }
         }
-        if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&digits.len()) && luhn(&digits) {
+        if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&count) && luhn(&b[start..end]) {
             spans.push((start, end));
         }
         i = end;
@@ -269,22 +257,19 @@ fn find_cards(s: &str) -> Vec<(usize, usize)> {
     spans
 }
 
-fn luhn(digits: &[u8]) -> bool {
-    let sum: u32 = digits
+/// The Luhn check over the digits of `text` (other bytes are skipped).
+fn luhn(text: &[u8]) -> bool {
+    let sum: u32 = text
         .iter()
         .rev()
+        .filter(|b| b.is_ascii_digit())
         .enumerate()
-        .map(|(i, &d)| {
-            let d = u32::from(d);
-            if i % 2 == 1 {
-                let d2 = d * 2;
-                if d2 > 9 {
-                    d2 - 9
-                } else {
-                    d2
-                }
-            } else {
-                d
+        .map(|(i, &b)| {
+            let d = u32::from(b - b'0');
+            match (i % 2 == 1, d * 2) {
+                (true, d2) if d2 > 9 => d2 - 9,
+                (true, d2) => d2,
+                (false, _) => d,
             }
         })
         .sum();
@@ -295,7 +280,8 @@ causeway_plugin_sdk::record_filter!(PiiMask);
 
 #[cfg(test)]
 mod tests {
-    use causeway_plugin_sdk::testing::{run_filter, FilterHarness};
+    use causeway_plugin_sdk::KafkaRecord;
+    use causeway_plugin_sdk::testing::{apply, run_filter, FilterHarness};
 
     use super::*;
 
@@ -307,7 +293,7 @@ mod tests {
 
     fn value_of(v: &Verdict) -> Option<String> {
         match v {
-            Verdict::Replace(r) => r.value_str().map(str::to_string),
+            Verdict::ReplaceValue(Some(v)) => String::from_utf8(v.clone()).ok(),
             _ => None,
         }
     }
@@ -329,9 +315,8 @@ mod tests {
             )
         );
         // Everything but the value is kept.
-        let Verdict::Replace(r) = &verdicts[0] else {
-            panic!("not replaced")
-        };
+        let forwarded = apply(&records, &verdicts);
+        let r = &forwarded[0];
         assert_eq!(
             (r.key.as_deref(), r.timestamp, r.headers.len()),
             (Some(&b"k"[..]), 42, 1)
@@ -361,7 +346,7 @@ mod tests {
         let verdicts = run_filter::<PiiMask>(CONFIG, &produce(), &records).expect("filter");
         assert_eq!(
             value_of(&verdicts[0]).as_deref(),
-            Some(r#"{"email":"***"}"#)
+            Some(r#"{"\u0065mail":"***"}"#)
         );
     }
 
@@ -383,7 +368,7 @@ mod tests {
         // 1234567890123 fails the Luhn check: an order number, not a card.
         assert_eq!(
             value_of(&verdicts[1]).as_deref(),
-            Some(r#"["card <redacted>","order 1234567890123"]"#)
+            Some(r#"["card <redacted>", "order 1234567890123"]"#)
         );
         assert_eq!(
             value_of(&verdicts[2]).as_deref(),
@@ -415,6 +400,82 @@ mod tests {
         let verdicts = run_filter::<PiiMask>(CONFIG, &BatchContext::fetch("customers"), &records)
             .expect("filter");
         assert_eq!(value_of(&verdicts[0]).as_deref(), Some(r#"{"ssn":"***"}"#));
+    }
+
+    /// The tree-based masking this plugin used before its one-pass rewrite:
+    /// the reference the rewrite must agree with.
+    fn reference(p: &PiiMask, v: &mut serde_json::Value) -> u64 {
+        use rewrite::Masking;
+        use serde_json::Value;
+        match v {
+            Value::Object(map) => map
+                .iter_mut()
+                .map(|(k, v)| {
+                    if p.masks_field(k) {
+                        if v.is_null() {
+                            0
+                        } else {
+                            *v = Value::String(p.mask.clone());
+                            1
+                        }
+                    } else {
+                        reference(p, v)
+                    }
+                })
+                .sum(),
+            Value::Array(items) => items.iter_mut().map(|v| reference(p, v)).sum(),
+            Value::String(s) => match p.mask_text(s) {
+                Some((masked, n)) => {
+                    *s = masked;
+                    n
+                }
+                None => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn agrees_with_the_tree_based_masking_on_random_documents() {
+        use serde_json::{json, Value};
+        let p = PiiMask::init(r#"{"fields":["email","ssn"],"detect":["email","card"]}"#).expect("init");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let strings = ["a@b.io", "pay 4111 1111 1111 1111", "plain", "é \"q\" \n", "x@y.z 5500-0000-0000-0004", ""];
+        let keys = ["email", "ssn", "name", "mail", "tags", "em\"ail"];
+        fn build(next: &mut dyn FnMut(u64) -> u64, depth: u32, strings: &[&str], keys: &[&str]) -> Value {
+            match if depth > 3 { next(4) } else { next(6) } {
+                0 => Value::Null,
+                1 => json!(next(1000) as i64 - 500),
+                2 => json!(next(2) == 0),
+                3 => Value::String(strings[next(strings.len() as u64) as usize].to_string()),
+                4 => Value::Array((0..next(4)).map(|_| build(next, depth + 1, strings, keys)).collect()),
+                _ => Value::Object(
+                    (0..next(4))
+                        .map(|_| (keys[next(keys.len() as u64) as usize].to_string(), build(next, depth + 1, strings, keys)))
+                        .collect(),
+                ),
+            }
+        }
+        for i in 0..2000 {
+            let doc = build(&mut next, 0, &strings, &keys);
+            let text = if i % 2 == 0 { serde_json::to_string(&doc) } else { serde_json::to_string_pretty(&doc) }
+                .expect("serialise");
+            let mut expected = doc.clone();
+            let n = reference(&p, &mut expected);
+            match rewrite::rewrite(text.as_bytes(), &p) {
+                Some((out, masked)) => {
+                    let got: Value = serde_json::from_slice(&out).expect("the rewrite writes JSON");
+                    assert_eq!((got, masked), (expected, n), "{text}");
+                }
+                None => assert_eq!(n, 0, "{text}"),
+            }
+        }
     }
 
     #[test]
