@@ -35,12 +35,12 @@ def gateway_with(broker, plugins, extra_env=None):
     return gw
 
 
-def deliver(addr, topic, values, **conf):
+def deliver(addr, topic, values, headers=None, **conf):
     """Produces `values` to partition 0; the delivery error of each (None if ok)."""
     p = Producer({"bootstrap.servers": addr, "linger.ms": 0, "message.timeout.ms": 10000, **conf})
     errors = []
     for v in values:
-        p.produce(topic, value=v, partition=0, on_delivery=lambda e, m: errors.append(e))
+        p.produce(topic, value=v, partition=0, headers=headers, on_delivery=lambda e, m: errors.append(e))
     assert p.flush(20) == 0
     return errors
 
@@ -62,11 +62,14 @@ def test_pii_is_masked_before_it_reaches_the_backend(broker):
     try:
         doc = json.dumps({"name": "ada", "email": "ada@example.com", "ssn": "123-45-6789"}).encode()
         plain = b"not json at all"
-        assert deliver(gw.addr, "users.masked", [doc, plain]) == [None, None]
+        # Kafka allows a header key to repeat; a masked record keeps them all.
+        headers = [("trace", b"a"), ("trace", b"b"), ("empty", None)]
+        assert deliver(gw.addr, "users.masked", [doc, plain], headers=headers) == [None, None]
         assert deliver(gw.addr, "other.raw", [doc]) == [None]
         stored = read_partition(broker.addr, "users.masked", 0)
         masked = json.loads(stored[0][2])
         assert masked == {"name": "ada", "email": "***", "ssn": "***"}
+        assert [(k, v) for k, v in stored[0][3]] == headers
         assert stored[1][2] == plain, "records the plugin passes keep their bytes"
         assert read_partition(broker.addr, "other.raw", 0)[0][2] == doc, "out of scope: untouched"
         m = gw.metrics()

@@ -27,7 +27,6 @@ use causeway::plugins::filter::{self as host, Filter, FilterChain};
 use causeway::plugins::PluginConfig;
 use causeway_plugin_sdk as sdk;
 use causeway_plugin_sdk::RecordFilter;
-use indexmap::IndexMap;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -271,8 +270,7 @@ fn kafka_records(n: usize) -> Vec<Record> {
                 10 + i % 90,
                 i % 100
             );
-            let mut headers = IndexMap::new();
-            headers.insert("source".into(), Some(Bytes::from_static(b"bench")));
+            let headers = vec![("source".into(), Some(Bytes::from_static(b"bench")))];
             Record {
                 transactional: false,
                 control: false,

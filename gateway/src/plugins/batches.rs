@@ -11,7 +11,6 @@
 //! refused with a message saying so.
 
 use bytes::{Bytes, BytesMut};
-use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
@@ -188,10 +187,11 @@ fn to_wit(r: &Record) -> KafkaRecord {
 }
 
 fn from_wit(template: &Record, r: KafkaRecord) -> Record {
-    let mut headers = IndexMap::new();
-    for h in r.headers {
-        headers.insert(StrBytes::from_string(h.key), h.value.map(Bytes::from));
-    }
+    let headers = r
+        .headers
+        .into_iter()
+        .map(|h| (StrBytes::from_string(h.key), h.value.map(Bytes::from)))
+        .collect();
     Record {
         key: r.key.map(Bytes::from),
         value: r.value.map(Bytes::from),
@@ -351,7 +351,7 @@ pub fn record(offset: i64, key: &str, value: &str) -> Record {
         timestamp: 1_700_000_000_000 + offset,
         key: Some(Bytes::from(key.to_string())),
         value: Some(Bytes::from(value.to_string())),
-        headers: IndexMap::new(),
+        headers: Vec::new(),
     }
 }
 
@@ -443,6 +443,23 @@ mod tests {
         let read = sections(&cut, Direction::Fetch).expect("fetch");
         assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 3);
         assert_eq!(decode(&cut).expect("decode").records.len(), 3);
+    }
+
+    #[test]
+    fn repeated_header_keys_survive_a_changed_batch() {
+        let mut r = record(0, "k", "v");
+        r.headers = vec![
+            ("trace".into(), Some(Bytes::from_static(b"1"))),
+            ("trace".into(), Some(Bytes::from_static(b"2"))),
+            ("none".into(), None),
+        ];
+        let bytes = batch(std::slice::from_ref(&r), Compression::Lz4);
+        let mut d = decode(&bytes).expect("decode");
+        assert_eq!(d.apply(vec![Verdict::ReplaceValue(Some(b"w".to_vec()))], Direction::Produce), Applied::Changed);
+        let again = decode(&d.encode(Direction::Produce).expect("encode")).expect("decode again");
+        assert_eq!(again.records[0].headers, r.headers);
+        assert_eq!(again.records[0].value.as_deref(), Some(&b"w"[..]));
+        assert_eq!(again.compression, Compression::Lz4);
     }
 
     #[test]
