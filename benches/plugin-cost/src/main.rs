@@ -87,7 +87,8 @@ fn main() -> anyhow::Result<()> {
         if causeway::codec::batches::headers(&batch).count() != 1 {
             bail!("the benchmark's {size} records did not encode as one batch");
         }
-        let wit: Vec<host::RecordBatch> = batches::sections(&batch, host::Direction::Produce)?;
+        let sections = batches::sections(&batch, host::Direction::Produce)?;
+        let wit: Vec<host::RecordBatch> = batches::as_wit(&sections);
         // The same bytes the component gets, as the SDK hands them to a filter.
         let native_batches: Vec<sdk::RecordBatch> = wit
             .iter()
@@ -95,7 +96,7 @@ fn main() -> anyhow::Result<()> {
                 base_offset: b.base_offset,
                 base_timestamp: b.base_timestamp,
                 count: b.count,
-                records: b.records.clone(),
+                records: b.records.to_vec(),
             })
             .collect();
         let native = read_all(&native_batches);
@@ -104,11 +105,11 @@ fn main() -> anyhow::Result<()> {
         }
         let host_ctx = host::BatchContext {
             direction: host::Direction::Produce,
-            topic: "payments".into(),
-            cluster: "main".into(),
+            topic: "payments",
+            cluster: "main",
             partition: 0,
-            principal: "ANONYMOUS".into(),
-            client_id: "bench".into(),
+            principal: "ANONYMOUS",
+            client_id: "bench",
         };
         let sdk_ctx = sdk::BatchContext::produce("payments").with_client_id("bench");
 
@@ -119,7 +120,7 @@ fn main() -> anyhow::Result<()> {
             let config = if plugin == "pii-mask" { PII_CONFIG } else { "" };
             let filter = load(plugin, config)?;
             // The answers must agree before their costs are compared.
-            let wasm_verdicts = match filter.call(&host_ctx, &wit) {
+            let wasm_verdicts: Vec<host::Verdict> = match filter.call(&host_ctx, &wit) {
                 Ok(Ok(Some(v))) => v,
                 Ok(Ok(None)) => vec![host::Verdict::Pass; size],
                 Ok(Err(rejected)) => bail!("{plugin} rejected the batch: {rejected}"),

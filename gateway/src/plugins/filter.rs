@@ -19,6 +19,9 @@ pub mod wit {
     wasmtime::component::bindgen!({
         world: "record-filter",
         path: "../wit/plugin.wit",
+        // Batches go in borrowed: their bytes are copied once, straight from
+        // the request or answer into the sandbox.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -221,9 +224,9 @@ impl Filter {
     /// Whether this filter sees the batch `context` describes: its direction,
     /// topic, cluster and principal are all in scope.
     pub fn in_scope(&self, context: &BatchContext) -> bool {
-        self.applies(context.direction, &context.topic)
-            && (self.clusters.is_empty() || self.clusters.contains(&context.cluster))
-            && (self.principals.is_empty() || self.principals.iter().any(|g| g.matches(&context.principal)))
+        self.applies(context.direction, context.topic)
+            && (self.clusters.is_empty() || self.clusters.iter().any(|c| c == context.cluster))
+            && (self.principals.is_empty() || self.principals.iter().any(|g| g.matches(context.principal)))
     }
 
     fn backed_off(&self) -> bool {
@@ -244,7 +247,7 @@ impl Filter {
         let mut instance = self.take(&generation).map_err(|e| e.to_string())?;
         instance.store.set_epoch_deadline(self.timeout_ticks);
         let started = Instant::now();
-        let outcome = instance.bindings.call_filter(&mut instance.store, context, batches);
+        let outcome = instance.bindings.call_filter(&mut instance.store, context.clone(), batches);
         telemetry::plugin_call(&self.name, started.elapsed());
         match outcome {
             Ok(answer) => {
@@ -433,7 +436,7 @@ impl FilterChain {
             if count == 0 {
                 break;
             }
-            let verdicts = match filter.run(context, &sections, count) {
+            let verdicts = match filter.run(context, &batches::as_wit(&sections), count) {
                 Step::Pass => continue,
                 Step::Reject(message) => return Outcome::Rejected(message),
                 Step::Verdicts(v) if v.iter().all(|v| matches!(v, Verdict::Pass)) => continue,

@@ -665,11 +665,11 @@ impl Split for ProduceRequest {
                 let Some(records) = &p.records else { continue };
                 let context = BatchContext {
                     direction: Direction::Produce,
-                    topic: t.name.0.to_string(),
-                    cluster: cluster.clone(),
+                    topic: &t.name.0,
+                    cluster: &cluster,
                     partition: p.index,
-                    principal: "ANONYMOUS".into(),
-                    client_id: client_id.to_string(),
+                    principal: "ANONYMOUS",
+                    client_id,
                 };
                 match gw.filters.run(&context, records) {
                     Outcome::Unchanged => {}
@@ -913,11 +913,11 @@ pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> 
             let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else { continue };
             let context = BatchContext {
                 direction: Direction::Fetch,
-                topic: name.clone(),
-                cluster: cluster.clone(),
+                topic: &name,
+                cluster: &cluster,
                 partition: p.partition_index,
-                principal: "ANONYMOUS".into(),
-                client_id: client_id.to_string(),
+                principal: "ANONYMOUS",
+                client_id,
             };
             match gw.filters.run(&context, records) {
                 Outcome::Unchanged => {}
