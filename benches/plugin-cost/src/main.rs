@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         if causeway::codec::batches::headers(&batch).count() != 1 {
             bail!("the benchmark's {size} records did not encode as one batch");
         }
-        let sections = batches::sections(&batch, host::Direction::Produce)?;
+        let sections = batches::sections(&batch, host::Direction::Produce, batches::MAX_RECORD_BYTES)?;
         let wit: Vec<host::RecordBatch> = batches::as_wit(&sections);
         // The same bytes the component gets, as the SDK hands them to a filter.
         let native_batches: Vec<sdk::RecordBatch> = wit
@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
                 black_box(chain.run(&host_ctx, black_box(&batch)));
             });
             let unfiltered_ns = per_record(sample, size, || {
-                black_box(batches::sections(black_box(&batch), host::Direction::Produce).ok());
+                black_box(batches::sections(black_box(&batch), host::Direction::Produce, batches::MAX_RECORD_BYTES).ok());
             });
             rows.push(Row {
                 plugin,

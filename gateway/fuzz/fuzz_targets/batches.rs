@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
 
     let bytes = Bytes::copy_from_slice(data);
     for direction in [Direction::Produce, Direction::Fetch] {
-        if let Ok(sections) = filtered::sections(&bytes, direction) {
+        if let Ok(sections) = filtered::sections(&bytes, direction, filtered::MAX_RECORD_BYTES) {
             let total: usize = sections.iter().map(|s| s.records.len()).sum();
             assert!(total <= filtered::MAX_RECORD_BYTES);
             // What the chain does once a filter changes something.

@@ -15,6 +15,9 @@ pub struct BatchHeader {
     pub transactional: bool,
     /// For a control batch: the control type of its first record (0 abort, 1 commit).
     pub control: Option<i16>,
+    /// Whether the attributes mark a control batch (whether or not its
+    /// first record's key could be read).
+    pub control_batch: bool,
     /// The low three bits of the attributes: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
     pub compression: u8,
     pub first_timestamp: i64,
@@ -98,6 +101,7 @@ pub fn headers(records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
             } else {
                 None
             },
+            control_batch: attributes & 0x20 != 0,
             compression: (attributes & 0x7) as u8,
             first_timestamp: i64_at(batch, FIRST_TIMESTAMP_AT)?,
             record_count: i32_at(batch, RECORD_COUNT_AT)?,

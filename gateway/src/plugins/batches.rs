@@ -1,5 +1,5 @@
 //! Record batches as filters see them. A filter reads the records in Kafka's
-//! own format ([`sections`]: CRC checked, decompressed, copied once into the
+//! own format ([`sections`]: decompressed, with bounds, and lent to the
 //! sandbox); the gateway decodes them only when a verdict changes something,
 //! applies the verdicts, and encodes the batch again with its original
 //! compression. When every record passes, the original bytes go on.
@@ -69,7 +69,7 @@ pub struct Decoded {
 /// markers) are left out. A fetch answer may end in a partial batch (cut at
 /// its size limit): it is left out, as clients do. A produce must be whole v2
 /// batches, so that no record reaches the broker unseen.
-pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Section>> {
+pub fn sections(bytes: &Bytes, direction: Direction, limit: usize) -> anyhow::Result<Vec<Section>> {
     let whole: usize = headers::headers(bytes).map(|h| h.size).sum();
     if direction == Direction::Produce && whole != bytes.len() {
         anyhow::bail!(
@@ -77,6 +77,14 @@ pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Secti
             bytes.len() - whole,
             bytes.len()
         );
+    }
+    if let Some(rest) = bytes.get(whole..).filter(|r| !r.is_empty()) {
+        // A fetch answer may end in a v2 batch cut short; anything else (an
+        // older message format, garbage) would reach the client unfiltered.
+        let cut_v2 = rest.len() <= MAGIC_AT || (rest.get(MAGIC_AT) == Some(&2) && cut_short(rest));
+        if !cut_v2 {
+            anyhow::bail!("{} bytes after the last whole batch are not record batches of format v2", rest.len());
+        }
     }
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -87,14 +95,22 @@ pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Secti
         // the ones that pass.
         let base_offset = h.base_offset;
         at += h.size;
-        if h.control.is_some() {
+        if h.control_batch {
+            // Brokers write transaction markers uncompressed; clients never
+            // send them.
+            if direction == Direction::Produce || h.compression != 0 {
+                anyhow::bail!("the batch at offset {base_offset} is a control batch a {} does not carry", match direction {
+                    Direction::Produce => "produce request",
+                    Direction::Fetch => "broker (compressed)",
+                });
+            }
             continue;
         }
         if !(0..=MAX_RECORDS).contains(&h.record_count) {
             anyhow::bail!("a batch declares {} records; at most {MAX_RECORDS} are accepted", h.record_count);
         }
         let body = bytes.slice((at - h.size + headers::RECORDS_AT).min(at)..at);
-        let room = MAX_RECORD_BYTES.saturating_sub(total);
+        let room = limit.saturating_sub(total);
         let records = match h.compression {
             0 if body.len() <= room => body,
             codec => Bytes::from(
@@ -102,6 +118,15 @@ pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Secti
             ),
         };
         total += records.len();
+        // The smallest record takes 7 bytes: a count beyond that is a lie that
+        // would make a reader reserve memory for nothing.
+        if (h.record_count as usize).saturating_mul(MIN_RECORD) > records.len() {
+            anyhow::bail!(
+                "the batch at offset {base_offset} declares {} records in {} bytes",
+                h.record_count,
+                records.len()
+            );
+        }
         out.push(Section {
             base_offset,
             base_timestamp: h.first_timestamp,
@@ -113,8 +138,26 @@ pub fn sections(bytes: &Bytes, direction: Direction) -> anyhow::Result<Vec<Secti
 }
 
 /// Uncompressed record bytes one partition's batches may hold before Causeway
-/// refuses to filter them: a small compressed batch can claim gigabytes.
+/// refuses to filter them: a small compressed batch can claim gigabytes. The
+/// chain lowers it to a quarter of its smallest plugin memory limit, so the
+/// records always fit in the sandbox.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// The bytes of the smallest v2 record: length, attributes, two deltas, key
+/// and value lengths, header count, one byte each.
+const MIN_RECORD: usize = 7;
+
+/// Where the magic byte sits in a v2 batch.
+const MAGIC_AT: usize = 16;
+
+/// Whether `rest` (starting with a v2 batch header) is shorter than the batch
+/// it declares: what a fetch answer cut at its size limit ends with.
+fn cut_short(rest: &[u8]) -> bool {
+    match rest.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+        Some(len) => (i32::from_be_bytes(len) as i64).saturating_add(12) > rest.len() as i64,
+        None => true,
+    }
+}
 
 /// A batch's records, decompressed with `codec` (the low bits of its
 /// attributes), refused once they pass `limit` bytes.
@@ -250,7 +293,7 @@ impl Decoded {
             compression: Compression::None,
         };
         RecordBatchEncoder::encode(&mut buf, data, &options)?;
-        sections(&buf.freeze(), Direction::Produce)
+        sections(&buf.freeze(), Direction::Produce, MAX_RECORD_BYTES)
     }
 
     /// Applies one verdict per (non-control) record.
@@ -305,11 +348,12 @@ impl Decoded {
         if direction == Direction::Produce {
             // Offsets and sequences of a produce batch are relative: renumber.
             if let Some((base_offset, base_sequence)) = base {
+                // Sequences follow offsets even without a producer id (base
+                // -1): the encoder keeps such records in one batch, and a
+                // produce partition must be exactly one batch.
                 for (i, r) in out.iter_mut().enumerate() {
                     r.offset = base_offset + i as i64;
-                    if r.producer_id >= 0 {
-                        r.sequence = base_sequence.wrapping_add(i as i32);
-                    }
+                    r.sequence = base_sequence.wrapping_add(i as i32);
                 }
             }
         }
@@ -460,16 +504,16 @@ mod tests {
     #[test]
     fn garbage_is_an_error_on_produce_and_a_cut_batch_ends_a_fetch() {
         let garbage = Bytes::from_static(&[0, 1, 2]);
-        let err = sections(&garbage, Direction::Produce).expect_err("garbage");
+        let err = sections(&garbage, Direction::Produce, MAX_RECORD_BYTES).expect_err("garbage");
         assert!(err.to_string().contains("3 of 3 bytes are not whole record batches"), "{err}");
         let whole = batch(&[record(0, "a", "1"), record(1, "b", "2")], Compression::None);
         let mut cut = BytesMut::from(&whole[..]);
         cut.extend_from_slice(&whole[..whole.len() - 5]);
         let cut = cut.freeze();
-        assert!(sections(&cut, Direction::Produce).is_err(), "a produce must be whole");
+        assert!(sections(&cut, Direction::Produce, MAX_RECORD_BYTES).is_err(), "a produce must be whole");
         // The encoder writes one batch per record here: two whole, then the
         // first of the copy whole and the second cut.
-        let read = sections(&cut, Direction::Fetch).expect("fetch");
+        let read = sections(&cut, Direction::Fetch, MAX_RECORD_BYTES).expect("fetch");
         assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 3);
         assert_eq!(decode(&cut).expect("decode").records.len(), 3);
     }
@@ -489,6 +533,65 @@ mod tests {
         assert_eq!(again.records[0].headers, r.headers);
         assert_eq!(again.records[0].value.as_deref(), Some(&b"w"[..]));
         assert_eq!(again.compression, Compression::Lz4);
+    }
+
+    /// A transaction marker batch, compressed as `compression`.
+    fn marker(offset: i64, compression: Compression) -> Bytes {
+        let marker = Record {
+            control: true,
+            transactional: true,
+            producer_id: 4,
+            producer_epoch: 0,
+            key: Some(Bytes::from_static(&[0, 0, 0, 1])),
+            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+            ..record(offset, "", "")
+        };
+        batch(&[marker], compression)
+    }
+
+    #[test]
+    fn what_filters_cannot_read_is_refused_not_passed() {
+        let data = batch(&[record(0, "a", "1")], Compression::None);
+        let with = |tail: &[u8]| {
+            let mut b = BytesMut::from(&data[..]);
+            b.extend_from_slice(tail);
+            b.freeze()
+        };
+        // Clients never send transaction markers.
+        let err = sections(&with(&marker(1, Compression::None)), Direction::Produce, MAX_RECORD_BYTES).expect_err("marker");
+        assert!(err.to_string().contains("control batch"), "{err}");
+        // Brokers never compress them: one that is could hide a bomb from the bound.
+        assert!(sections(&with(&marker(1, Compression::Zstd)), Direction::Fetch, MAX_RECORD_BYTES).is_err());
+        assert!(sections(&with(&marker(1, Compression::None)), Direction::Fetch, MAX_RECORD_BYTES).is_ok());
+        // After the whole batches of a fetch answer: a cut v2 batch, or nothing.
+        let mut old_format = data[..].to_vec();
+        old_format[16] = 1; // magic 1: a message set no filter reads
+        let err = sections(&with(&old_format), Direction::Fetch, MAX_RECORD_BYTES).expect_err("v1 tail");
+        assert!(err.to_string().contains("not record batches of format v2"), "{err}");
+        assert!(sections(&with(&data[..data.len() - 1]), Direction::Fetch, MAX_RECORD_BYTES).is_ok());
+        assert!(sections(&with(&data[..10]), Direction::Fetch, MAX_RECORD_BYTES).is_ok());
+        // A record count the bytes cannot hold.
+        let mut liar = data[..].to_vec();
+        liar[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
+        let err = sections(&Bytes::from(liar), Direction::Produce, MAX_RECORD_BYTES).expect_err("count");
+        assert!(err.to_string().contains("declares 1000000 records"), "{err}");
+        // The bound the chain sets from its plugins' memory.
+        assert!(sections(&data, Direction::Produce, 4).is_err());
+    }
+
+    #[test]
+    fn a_produce_stays_one_batch_after_a_drop() {
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record { sequence: i as i32 - 1, ..record(i, "k", "v") })
+            .collect();
+        let bytes = batch(&records, Compression::None);
+        assert_eq!(crate::codec::batches::headers(&bytes).count(), 1);
+        let mut d = decode(&bytes).expect("decode");
+        d.apply(vec![Verdict::Pass, Verdict::Drop, Verdict::Pass], Direction::Produce);
+        let out = d.encode(Direction::Produce).expect("encode");
+        let batches: Vec<_> = crate::codec::batches::headers(&out).collect();
+        assert_eq!(batches.len(), 1, "Kafka takes exactly one batch per partition in a produce");
+        assert_eq!(batches[0].record_count, 2);
     }
 
     #[test]
@@ -515,9 +618,9 @@ mod tests {
     #[test]
     fn sections_carry_decompressed_records_and_skip_markers() {
         let records = [record(5, "a", "1"), record(6, "b", "2")];
-        let plain = sections(&batch(&records, Compression::None), Direction::Fetch).expect("plain");
+        let plain = sections(&batch(&records, Compression::None), Direction::Fetch, MAX_RECORD_BYTES).expect("plain");
         for compression in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-            let packed = sections(&batch(&records, compression), Direction::Fetch).expect("packed");
+            let packed = sections(&batch(&records, compression), Direction::Fetch, MAX_RECORD_BYTES).expect("packed");
             assert_eq!(packed, plain, "{compression:?}");
         }
         assert_eq!((plain[0].base_offset, plain.iter().map(|b| b.count).sum::<u32>()), (5, 2));
@@ -534,7 +637,7 @@ mod tests {
         };
         let mut log = BytesMut::from(&batch(&records, Compression::None)[..]);
         log.extend_from_slice(&batch(&[marker], Compression::None));
-        let read = sections(&log.freeze(), Direction::Fetch).expect("with marker");
+        let read = sections(&log.freeze(), Direction::Fetch, MAX_RECORD_BYTES).expect("with marker");
         assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 2);
     }
 }

@@ -424,7 +424,14 @@ impl FilterChain {
         if applying.is_empty() {
             return Outcome::Unchanged;
         }
-        let mut sections = match batches::sections(records, context.direction) {
+        // The records must fit in every plugin's memory with room to spare.
+        let limit = applying
+            .iter()
+            .map(|f| f.memory / 4)
+            .min()
+            .unwrap_or(batches::MAX_RECORD_BYTES)
+            .min(batches::MAX_RECORD_BYTES);
+        let mut sections = match batches::sections(records, context.direction, limit) {
             Ok(s) => s,
             Err(e) => return Outcome::Rejected(format!("cannot read the record batches: {e}")),
         };

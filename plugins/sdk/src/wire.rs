@@ -7,8 +7,10 @@ use crate::record_filter::{Header, KafkaRecord, Record, RecordBatch};
 /// that does not parse, or a batch whose records do not fill it exactly,
 /// is an error naming the batch and the record.
 pub(crate) fn read(batches: &[RecordBatch]) -> Result<Vec<Record<'_>>, String> {
-    let total = batches.iter().map(|b| b.count as usize).sum::<usize>();
-    let mut out = Vec::with_capacity(total.min(1 << 20));
+    // A count is only a claim: reserve no more than the bytes could hold
+    // (the smallest record takes seven).
+    let total = batches.iter().map(|b| (b.count as usize).min(b.records.len() / 7)).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
     for batch in batches {
         let mut rest = &batch.records[..];
         for i in 0..batch.count {

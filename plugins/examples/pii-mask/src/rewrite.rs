@@ -274,7 +274,11 @@ impl<'a, M: Masking> Rewriter<'a, M> {
     }
 }
 
+/// Exactly four hex digits (`from_str_radix` would also take a sign).
 fn hex4(digits: &[u8]) -> Option<u32> {
+    if digits.len() != 4 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     std::str::from_utf8(digits).ok().and_then(|s| u32::from_str_radix(s, 16).ok())
 }
 
@@ -342,7 +346,7 @@ mod tests {
     fn anything_not_json_is_left_alone() {
         for doc in [
             "", "{", r#"{"a" 1}"#, r#"{"a":1,}"#, "[1 2]", "01", "1.", "-", "1e", "tru", r#""pin"#,
-            "\"pi\u{1}n\"", r#""\x""#, r#""\ud800""#, r#""\ud800\u0041""#, r#"{"secret": 1} x"#,
+            "\"pi\u{1}n\"", r#""\x""#, r#""\u+041""#, r#""\ud800""#, r#""\ud800\u0041""#, r#"{"secret": 1} x"#,
             r#"{"secret": [1, }"#,
         ] {
             assert_eq!(run(doc), None, "{doc:?}");
