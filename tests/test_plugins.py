@@ -290,3 +290,24 @@ def test_a_plugin_scoped_to_an_unknown_cluster_is_a_config_error(tmp_path):
     r = subprocess.run([str(causeway_bin()), "check", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "plugins[0].clusters" in r.stderr + r.stdout and "'mian' is not a cluster" in r.stderr + r.stdout, r.stderr + r.stdout
+
+
+def test_a_produce_whose_records_are_all_dropped_is_answered_by_the_gateway(broker):
+    """validate in drop mode: a batch with only invalid records never reaches
+    the backend (Kafka refuses a produce with no records); the producer gets
+    its delivery confirmed, and valid records around it land in order."""
+    broker.create_topic("drops.checked", 1)
+    gw = gateway_with(broker, [{
+        "name": "validate", "kind": "record-filter", "path": plugin_component("validate"),
+        "config": json.dumps({"required": ["id"], "mode": "drop"}), "topics": "drops.*",
+    }])
+    try:
+        good = [json.dumps({"id": i}).encode() for i in range(2)]
+        bad = json.dumps({"name": "no id"}).encode()
+        assert deliver(gw.addr, "drops.checked", [good[0]]) == [None]
+        assert deliver(gw.addr, "drops.checked", [bad, bad]) == [None, None]
+        assert deliver(gw.addr, "drops.checked", [good[1]]) == [None]
+        stored = [v for _, _, v, _ in read_partition(broker.addr, "drops.checked", 0)]
+        assert stored == good
+    finally:
+        gw.close()

@@ -28,6 +28,7 @@ use crate::telemetry;
 
 /// Kafka error codes Causeway produces or reacts to.
 pub mod code {
+    pub const NONE: i16 = 0;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;

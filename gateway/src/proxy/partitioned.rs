@@ -96,8 +96,10 @@ impl Names {
     }
 }
 
-/// Positions whose batches a record filter rejected, each with its message.
-pub type Rejected = Vec<((usize, usize), String)>;
+/// Positions a record filter settled without the backend: each with the error
+/// code of its answer (POLICY_VIOLATION for a rejected batch, 0 for one whose
+/// records were all dropped) and the message.
+pub type Rejected = Vec<((usize, usize), i16, String)>;
 
 /// What the split-and-merge machinery needs from one partition-routed API.
 pub trait Split: Decodable + Encodable + Sized + Send + 'static {
@@ -353,14 +355,14 @@ pub async fn route<T: Split>(
     };
     let keys = body.keys();
     let mut plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE).await;
-    for (at, message) in rejected {
+    for (at, code, message) in rejected {
         for keep in plan.brokers.values_mut() {
             keep.retain(|p| *p != at);
         }
         for (_, _, keep) in &mut plan.local {
             keep.retain(|p| *p != at);
         }
-        plan.fail(code::POLICY_VIOLATION, message, at);
+        plan.fail(code, message, at);
     }
     plan.brokers.retain(|_, keep| !keep.is_empty());
     plan.local.retain(|(_, _, keep)| !keep.is_empty());
@@ -673,11 +675,14 @@ impl Split for ProduceRequest {
                 };
                 match gw.filters.run(&context, records) {
                     Outcome::Unchanged => {}
+                    // Every record dropped: brokers refuse a produce with no
+                    // records, so Causeway answers it (accepted, no offset).
+                    Outcome::Changed(bytes) if bytes.is_empty() => rejected.push(((ti, pi), code::NONE, String::new())),
                     Outcome::Changed(bytes) => {
                         p.records = Some(bytes);
                         changed = true;
                     }
-                    Outcome::Rejected(message) => rejected.push(((ti, pi), message)),
+                    Outcome::Rejected(message) => rejected.push(((ti, pi), code::POLICY_VIOLATION, message)),
                 }
             }
         }
