@@ -74,6 +74,17 @@ fn control_type(records: &[u8]) -> Option<i16> {
     i16_at(records, at + 2) // key: version i16, type i16
 }
 
+/// Whether `rest` (what follows the whole batches of `records`) is a v2 batch
+/// cut short, or too short to say: what a fetch answer cut at its size limit
+/// ends with. Anything else there is not format v2.
+pub fn cut_short(rest: &[u8]) -> bool {
+    if rest.len() <= MAGIC_AT {
+        return true;
+    }
+    rest.get(MAGIC_AT) == Some(&2)
+        && i32_at(rest, 8).is_some_and(|length| i64::from(length).saturating_add(12) > rest.len() as i64)
+}
+
 /// Iterates over the whole v2 batches at the front of `records`.
 pub fn headers(records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
     let mut at = 0usize;

@@ -17,6 +17,7 @@ use kafka_protocol::records::{
 };
 
 use super::filter::{Direction, KafkaRecord, RecordBatch, Verdict};
+use crate::codec::batches as headers;
 
 /// One batch's records as a filter reads them: uncompressed, in Kafka's record
 /// format. The bytes are a slice of the request or answer when the batch was
@@ -42,7 +43,6 @@ pub fn as_wit(sections: &[Section]) -> Vec<RecordBatch<'_>> {
         })
         .collect()
 }
-use crate::codec::batches as headers;
 
 /// Records one batch may declare before Causeway refuses to decode it.
 const MAX_RECORDS: i32 = 1_000_000;
@@ -81,8 +81,7 @@ pub fn sections(bytes: &Bytes, direction: Direction, limit: usize) -> anyhow::Re
     if let Some(rest) = bytes.get(whole..).filter(|r| !r.is_empty()) {
         // A fetch answer may end in a v2 batch cut short; anything else (an
         // older message format, garbage) would reach the client unfiltered.
-        let cut_v2 = rest.len() <= MAGIC_AT || (rest.get(MAGIC_AT) == Some(&2) && cut_short(rest));
-        if !cut_v2 {
+        if !headers::cut_short(rest) {
             anyhow::bail!("{} bytes after the last whole batch are not record batches of format v2", rest.len());
         }
     }
@@ -146,18 +145,6 @@ pub const MAX_RECORD_BYTES: usize = 64 << 20;
 /// The bytes of the smallest v2 record: length, attributes, two deltas, key
 /// and value lengths, header count, one byte each.
 const MIN_RECORD: usize = 7;
-
-/// Where the magic byte sits in a v2 batch.
-const MAGIC_AT: usize = 16;
-
-/// Whether `rest` (starting with a v2 batch header) is shorter than the batch
-/// it declares: what a fetch answer cut at its size limit ends with.
-fn cut_short(rest: &[u8]) -> bool {
-    match rest.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-        Some(len) => (i32::from_be_bytes(len) as i64).saturating_add(12) > rest.len() as i64,
-        None => true,
-    }
-}
 
 /// A batch's records, decompressed with `codec` (the low bits of its
 /// attributes), refused once they pass `limit` bytes.
@@ -626,17 +613,8 @@ mod tests {
         assert_eq!((plain[0].base_offset, plain.iter().map(|b| b.count).sum::<u32>()), (5, 2));
         assert_eq!(plain[0].base_timestamp, records[0].timestamp);
         // A transaction marker after the records is not shown to filters.
-        let marker = Record {
-            control: true,
-            transactional: true,
-            producer_id: 4,
-            producer_epoch: 0,
-            key: Some(Bytes::from_static(&[0, 0, 0, 1])),
-            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
-            ..record(7, "", "")
-        };
         let mut log = BytesMut::from(&batch(&records, Compression::None)[..]);
-        log.extend_from_slice(&batch(&[marker], Compression::None));
+        log.extend_from_slice(&marker(7, Compression::None));
         let read = sections(&log.freeze(), Direction::Fetch, MAX_RECORD_BYTES).expect("with marker");
         assert_eq!(read.iter().map(|b| b.count).sum::<u32>(), 2);
     }
