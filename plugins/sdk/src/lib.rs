@@ -65,7 +65,7 @@ pub use record_filter::{
     BatchContext, Direction, Header, KafkaRecord, Record, RecordBatch, RecordFilter, Verdict,
 };
 #[cfg(feature = "router")]
-pub use router::{Destination, Router};
+pub use router::{Destination, Router, ShownAs};
 
 /// Adds `delta` to this plugin's counter `name`, exported by the gateway as
 /// `causeway_plugin_counter_total{plugin, name}`. Count per batch (a sum),

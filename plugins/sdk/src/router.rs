@@ -3,6 +3,14 @@
 //!
 //! Implement [`Router`] and name the type in [`router!`](crate::router!).
 //! The gateway caches an answer for its `ttl_ms`.
+//!
+//! A router answers both ways: [`Router::route`] takes a topic as a client
+//! names it to its cluster and backend name, and [`Router::client_name`] takes
+//! a backend topic to the name a client sees, for answers that list topics
+//! the client did not name (Metadata for every topic). The gateway shows a
+//! topic only if the name `client_name` gives routes back to it, so the two
+//! cannot disagree: a router that hides nothing still never shows a client a
+//! topic it could not reach.
 
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -21,7 +29,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::Destination;
+pub use bindings::{Destination, ShownAs};
 
 /// A topic router. One value lives in each plugin instance.
 pub trait Router: Sized + 'static {
@@ -32,6 +40,21 @@ pub trait Router: Sized + 'static {
     /// Where does `topic` go for this principal and client? `None` leaves it
     /// to the gateway's own routes.
     fn route(&mut self, topic: &str, principal: &str, client_id: &str) -> Option<Destination>;
+
+    /// How `topic`, the backend name of a topic on `cluster`, shows to this
+    /// principal and client. The default, [`ShownAs::Routes`], leaves it to
+    /// the gateway's own routes; either way the gateway hides a name that
+    /// [`route`](Router::route) does not take back to this topic.
+    fn client_name(&mut self, cluster: &str, topic: &str, principal: &str, client_id: &str) -> ShownAs {
+        let _ = (cluster, topic, principal, client_id);
+        ShownAs::Routes
+    }
+
+    /// How long the gateway may reuse [`client_name`](Router::client_name)
+    /// answers, in milliseconds.
+    fn listing_ttl_ms(&self) -> u32 {
+        60_000
+    }
 }
 
 /// The glue that [`router!`](crate::router!) expands to calls these; not for
@@ -69,6 +92,29 @@ pub mod __glue {
         state.with(|slot| match slot.borrow_mut().as_mut() {
             Some(router) => router.route(&topic, &principal, &client_id),
             None => None,
+        })
+    }
+
+    pub fn client_names<R: Router>(
+        state: &'static State<R>,
+        cluster: String,
+        topics: Vec<String>,
+        principal: String,
+        client_id: String,
+    ) -> bindings::Listing {
+        state.with(|slot| match slot.borrow_mut().as_mut() {
+            Some(router) => bindings::Listing {
+                topics: topics
+                    .iter()
+                    .map(|t| router.client_name(&cluster, t, &principal, &client_id))
+                    .collect(),
+                ttl_ms: router.listing_ttl_ms(),
+            },
+            // Not initialised: hide everything, remember nothing.
+            None => bindings::Listing {
+                topics: topics.iter().map(|_| ShownAs::Hidden).collect(),
+                ttl_ms: 0,
+            },
         })
     }
 }
@@ -117,6 +163,17 @@ macro_rules! router {
                     client_id: ::std::string::String,
                 ) -> ::core::option::Option<$crate::router::Destination> {
                     $crate::router::__glue::route::<$router>(&STATE, topic, principal, client_id)
+                }
+
+                fn client_names(
+                    cluster: ::std::string::String,
+                    topics: ::std::vec::Vec<::std::string::String>,
+                    principal: ::std::string::String,
+                    client_id: ::std::string::String,
+                ) -> $crate::router::bindings::Listing {
+                    $crate::router::__glue::client_names::<$router>(
+                        &STATE, cluster, topics, principal, client_id,
+                    )
                 }
             }
 
@@ -169,6 +226,9 @@ mod tests {
         );
         assert_eq!(__glue::init(&STATE, "x".into()), Ok(()));
         assert!(__glue::route(&STATE, "t".into(), "p".into(), "c".into()).is_some());
+        let listing = __glue::client_names(&STATE, "c".into(), vec!["a".into(), "b".into()], "p".into(), "c".into());
+        assert_eq!(listing.topics, vec![ShownAs::Routes, ShownAs::Routes]);
+        assert_eq!(listing.ttl_ms, 60_000);
         assert_eq!(run_route::<Fixed>("", "t", "p", "c"), Err("empty".into()));
         let mut harness = RouterHarness::<Fixed>::new("x").expect("init");
         assert_eq!(harness.route("local", "alice", ""), None);

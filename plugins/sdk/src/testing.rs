@@ -323,7 +323,7 @@ pub use self::router::{run_route, RouterHarness};
 #[cfg(feature = "router")]
 mod router {
     use super::{capture, Captured};
-    use crate::router::{Destination, Router};
+    use crate::router::{Destination, Router, ShownAs};
 
     /// A router running natively, as one plugin instance would.
     pub struct RouterHarness<R> {
@@ -349,6 +349,20 @@ mod router {
             client_id: &str,
         ) -> Option<Destination> {
             let (result, captured) = capture(|| self.router.route(topic, principal, client_id));
+            self.captured.append(captured);
+            result
+        }
+
+        /// Calls [`Router::client_name`].
+        pub fn client_name(
+            &mut self,
+            cluster: &str,
+            topic: &str,
+            principal: &str,
+            client_id: &str,
+        ) -> ShownAs {
+            let (result, captured) =
+                capture(|| self.router.client_name(cluster, topic, principal, client_id));
             self.captured.append(captured);
             result
         }

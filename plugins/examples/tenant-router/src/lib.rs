@@ -24,10 +24,13 @@
 //!
 //! A client with no tenant in its identity, and internal topics (`__...`), get
 //! no answer: the gateway's own routes decide. Unknown keys are an error.
+//!
+//! Listings work the other way: a tenant asking for every topic sees its own
+//! topics, prefix removed, and nothing of other tenants.
 
 use std::collections::BTreeMap;
 
-use causeway_plugin_sdk::{Destination, Router};
+use causeway_plugin_sdk::{Destination, Router, ShownAs};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -108,31 +111,59 @@ impl Router for TenantRouter {
         if topic.starts_with("__") {
             return None;
         }
+        let tenant = self.tenant_of(principal, client_id)?;
+        Some(Destination {
+            cluster: self.cluster_of(tenant).to_string(),
+            topic: format!("{}{topic}", self.prefix_of(tenant)),
+            ttl_ms: self.config.ttl_ms,
+        })
+    }
+
+    fn client_name(&mut self, cluster: &str, topic: &str, principal: &str, client_id: &str) -> ShownAs {
+        if topic.starts_with("__") {
+            return ShownAs::Routes;
+        }
+        let Some(tenant) = self.tenant_of(principal, client_id) else {
+            return ShownAs::Routes;
+        };
+        if cluster != self.cluster_of(tenant) {
+            return ShownAs::Hidden;
+        }
+        match topic.strip_prefix(self.prefix_of(tenant).as_str()) {
+            Some(own) if !own.is_empty() => ShownAs::Name(own.to_string()),
+            _ => ShownAs::Hidden,
+        }
+    }
+
+    fn listing_ttl_ms(&self) -> u32 {
+        self.config.ttl_ms
+    }
+}
+
+impl TenantRouter {
+    /// The tenant this principal or client id names, as configured.
+    fn tenant_of<'a>(&self, principal: &'a str, client_id: &'a str) -> Option<&'a str> {
         let principal = principal.strip_prefix("User:").unwrap_or(principal);
-        let tenant = match self.config.match_on {
+        match self.config.match_on {
             MatchOn::Principal => self.tenant_in(principal),
             MatchOn::ClientId => self.tenant_in(client_id),
             MatchOn::Either => self
                 .tenant_in(principal)
                 .or_else(|| self.tenant_in(client_id)),
-        }?;
-        let cluster = self
-            .config
+        }
+    }
+
+    fn cluster_of(&self, tenant: &str) -> &str {
+        self.config
             .clusters
             .get(tenant)
-            .unwrap_or(&self.config.cluster);
-        Some(Destination {
-            cluster: cluster.clone(),
-            topic: format!(
-                "{}{topic}",
-                self.config.topic_prefix.replace("{tenant}", tenant)
-            ),
-            ttl_ms: self.config.ttl_ms,
-        })
+            .unwrap_or(&self.config.cluster)
     }
-}
 
-impl TenantRouter {
+    fn prefix_of(&self, tenant: &str) -> String {
+        self.config.topic_prefix.replace("{tenant}", tenant)
+    }
+
     /// The tenant named in `id` after the configured prefix, if any.
     fn tenant_in<'a>(&self, id: &'a str) -> Option<&'a str> {
         let rest = id.strip_prefix(self.config.id_prefix.as_str())?;
@@ -192,6 +223,55 @@ mod tests {
         assert_eq!(
             router.route("globex.orders", "tenant-acme", ""),
             dest("shared", "acme.globex.orders")
+        );
+    }
+
+    #[test]
+    fn tenants_list_only_their_own_topics() {
+        let mut router = RouterHarness::<TenantRouter>::new(
+            r#"{"cluster":"shared","clusters":{"bigco":"dedicated"}}"#,
+        )
+        .expect("init");
+        let acme = |r: &mut RouterHarness<TenantRouter>, cluster: &str, topic: &str| {
+            r.client_name(cluster, topic, "User:tenant-acme", "app")
+        };
+        assert_eq!(
+            acme(&mut router, "shared", "acme.orders"),
+            ShownAs::Name("orders".into())
+        );
+        assert_eq!(
+            acme(&mut router, "shared", "acme.a.b"),
+            ShownAs::Name("a.b".into())
+        );
+        assert_eq!(acme(&mut router, "shared", "globex.orders"), ShownAs::Hidden);
+        assert_eq!(acme(&mut router, "shared", "orders"), ShownAs::Hidden);
+        assert_eq!(acme(&mut router, "shared", "acme."), ShownAs::Hidden);
+        assert_eq!(
+            acme(&mut router, "dedicated", "acme.orders"),
+            ShownAs::Hidden,
+            "acme's topics live on shared"
+        );
+        assert_eq!(
+            acme(&mut router, "shared", "__consumer_offsets"),
+            ShownAs::Routes
+        );
+        assert_eq!(
+            router.client_name("dedicated", "bigco.x", "", "tenant-bigco"),
+            ShownAs::Name("x".into())
+        );
+        assert_eq!(
+            router.client_name("shared", "acme.orders", "ANONYMOUS", "rdkafka"),
+            ShownAs::Routes,
+            "no tenant: the gateway's routes decide"
+        );
+        // What a listing shows routes back to the same topic.
+        let shown = acme(&mut router, "shared", "acme.orders");
+        let ShownAs::Name(name) = shown else {
+            panic!("{shown:?}")
+        };
+        assert_eq!(
+            router.route(&name, "User:tenant-acme", "app"),
+            dest("shared", "acme.orders")
         );
     }
 
