@@ -3,8 +3,9 @@
 # ("onprem" on 127.0.0.1:19092, "cloud" on 127.0.0.1:29092) and Causeway in front of
 # both on 127.0.0.1:9092 (admin on 9644) with the routes in config/demo.toml, then
 # creates topics, produces and consumes through the one endpoint (a pii-mask plugin
-# masks card numbers on payments.*), and shows on each
-# backend where the records landed. Runs until Ctrl-C.
+# masks card numbers on payments.*), and shows on each backend where the records
+# landed; then two tenants (a tenant-router plugin) share the cloud cluster, each
+# under its own topic prefix. Runs until Ctrl-C.
 #
 #   scripts/demo.sh          # interactive: keeps running
 #   scripts/demo.sh --once   # runs the walkthrough and exits (used by the tests)
@@ -18,8 +19,8 @@ once=false
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 cargo build --release --locked
 causeway="$CARGO_TARGET_DIR/release/causeway"
-"$root/scripts/build-plugins.sh" pii-mask
-pii_mask="$("$root/scripts/build-plugins.sh" --print-out-dir)/pii-mask.wasm"
+"$root/scripts/build-plugins.sh" pii-mask tenant-router
+components="$("$root/scripts/build-plugins.sh" --print-out-dir)"
 tansu="$root/.tools/bin/tansu"
 
 for port in 9092 9644 19092 29092; do
@@ -46,17 +47,25 @@ for cluster in onprem:19092 cloud:29092; do
 done
 
 say "starting Causeway on 127.0.0.1:9092 (admin on 127.0.0.1:9644) with config/demo.toml"
-# config/demo.toml plus a record filter: card numbers in payments.* never reach a backend.
+# config/demo.toml plus a record filter: card numbers in payments.* never reach a
+# backend; and a router: clients whose id reads tenant-NAME-... get topics of their
+# own, stored on the cloud cluster as NAME.<topic>.
 config="$logs/demo.toml"
 cat config/demo.toml - >"$config" <<TOML
 
 [[plugins]]
 name = "pii-mask"
 kind = "record-filter"
-path = "$pii_mask"
+path = "$components/pii-mask.wasm"
 config = '{"fields": ["card"], "detect": ["card"], "mask": "***"}'
 topics = "payments.*"
 on = ["produce"]
+
+[[plugins]]
+name = "tenants"
+kind = "router"
+path = "$components/tenant-router.wasm"
+config = '{"cluster": "cloud", "match": "client-id"}'
 TOML
 "$causeway" check --config "$config"
 "$causeway" run --config "$config" >"$logs/causeway.log" 2>&1 &
@@ -123,6 +132,37 @@ for name, addr in (("onprem", "127.0.0.1:19092"), ("cloud", "127.0.0.1:29092")):
             continue
         print(f"{m.topic():17} partition {m.partition()} offset {m.offset()}  {m.key().decode()} => {m.value().decode()}")
     c.close()
+PY
+
+say "two tenants share the cloud cluster: each creates, writes and reads 'notes' (client ids tenant-acme-app, tenant-globex-app)"
+"$py" - <<'PY'
+import time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+gw = "127.0.0.1:9092"
+for tenant in ("acme", "globex"):
+    me = {"bootstrap.servers": gw, "client.id": f"tenant-{tenant}-app"}
+    admin = AdminClient(me)
+    admin.create_topics([NewTopic("notes", num_partitions=1, replication_factor=1)])["notes"].result(15)
+    p = Producer(me)
+    p.produce("notes", key=tenant.encode(), value=f"a note only {tenant} sees".encode())
+    p.flush(15)
+for tenant in ("acme", "globex"):
+    me = {"bootstrap.servers": gw, "client.id": f"tenant-{tenant}-app"}
+    listed = sorted(t for t in AdminClient(me).list_topics(timeout=10).topics if not t.startswith("__"))
+    c = Consumer({**me, "group.id": f"demo-{tenant}", "enable.partition.eof": True})
+    c.assign([TopicPartition("notes", 0, 0)])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        m = c.poll(1)
+        if m is None:
+            continue
+        if m.error():
+            break
+        print(f"tenant {tenant:6} lists {listed}; reads notes offset {m.offset()}  {m.key().decode()} => {m.value().decode()}")
+    c.close()
+cloud = sorted(AdminClient({"bootstrap.servers": "127.0.0.1:29092"}).list_topics(timeout=10).topics)
+print(f"-- cloud (127.0.0.1:29092) now holds: {', '.join(cloud)}")
 PY
 
 say "gateway metrics (excerpt of http://127.0.0.1:9644/metrics)"

@@ -56,4 +56,8 @@ def test_demo_runs_end_to_end():
     assert "fin.payments.cards" in direct_onprem and 'c1 => {"customer":"ada","card":"***"}' in direct_onprem
     # The plugin masked the card number before it reached the backend.
     assert "4111" not in out
+    # The tenant router: each tenant sees only its own "notes", stored under its prefix.
+    assert "tenant acme   lists ['notes']; reads notes offset 0  acme => a note only acme sees" in out
+    assert "tenant globex lists ['notes']; reads notes offset 0  globex => a note only globex sees" in out
+    assert "-- cloud (127.0.0.1:29092) now holds: acme.notes, globex.notes, greetings" in out
     assert "demo done" in out

@@ -29,7 +29,7 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     pub backends: Backends,
     pub routes: Arc<RouteControl>,
-    pub filters: Arc<crate::plugins::FilterChain>,
+    pub plugins: crate::plugins::Plugins,
 }
 
 /// Serves admin requests until the listener fails.
@@ -86,16 +86,16 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::POST, "/reload") => change_reply(admin.routes.reload()),
         (&Method::GET, "/plugins") => {
             let list: Vec<_> = admin
-                .filters
-                .filters()
-                .iter()
-                .map(|f| serde_json::json!({"name": &*f.name, "kind": "record-filter", "path": f.path}))
+                .plugins
+                .list()
+                .into_iter()
+                .map(|(name, kind, path)| serde_json::json!({"name": name, "kind": kind, "path": path}))
                 .collect();
             reply(StatusCode::OK, "application/json", serde_json::json!({ "plugins": list }).to_string() + "\n")
         }
         (&Method::POST, path) if path.starts_with("/plugins/") && path.ends_with("/reload") => {
             let name = path.trim_start_matches("/plugins/").trim_end_matches("/reload").trim_end_matches('/');
-            let results = admin.filters.reload(if name.is_empty() { None } else { Some(name) });
+            let results = admin.plugins.reload(if name.is_empty() { None } else { Some(name) });
             if results.is_empty() {
                 return reply(StatusCode::NOT_FOUND, "application/json", format!("{}\n", serde_json::json!({"problems": [{"field": "plugin", "message": format!("no plugin named '{name}'")}]})));
             }

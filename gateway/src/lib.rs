@@ -55,7 +55,9 @@ pub async fn start(
         config_path,
     ));
     let mut gateway = proxy::Gateway::new(&config, backends.clone(), router.clone());
-    gateway.filters = plugins::load(&config.plugins)?;
+    let plugins = plugins::load(&config.plugins, &config.cluster_names())?;
+    gateway.filters = plugins.filters.clone();
+    gateway.router_plugin = plugins.router.clone();
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
 
     let admin_addr = match &config.admin.listen {
@@ -68,7 +70,7 @@ pub async fn start(
                 metrics: metrics.clone(),
                 backends: backends.clone(),
                 routes: routes.clone(),
-                filters: gateway.filters.clone(),
+                plugins: plugins.clone(),
             });
             tokio::spawn(admin::serve(admin, admin_listener));
             Some(bound)

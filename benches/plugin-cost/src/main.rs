@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
             kind: "record-filter".into(),
             path: path.to_string_lossy().into_owned(),
             config: config.into(),
-            on: vec!["produce".into()],
+            on: Some(vec!["produce".into()]),
             topics: "*".into(),
             clusters: Vec::new(),
             principals: Vec::new(),

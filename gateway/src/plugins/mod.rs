@@ -10,6 +10,8 @@
 
 pub mod batches;
 pub mod filter;
+pub mod router;
+pub mod sandbox;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +23,7 @@ use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, P
 use crate::config::Problem;
 
 pub use filter::{FilterChain, Outcome};
+pub use router::RouterPlugin;
 
 /// How often the CPU deadline clock ticks.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -31,26 +34,30 @@ pub const TICK: Duration = Duration::from_millis(5);
 pub struct PluginConfig {
     /// A name for logs and metrics.
     pub name: String,
-    /// `record-filter` (the only kind the gateway runs yet).
+    /// `record-filter` or `router`.
     pub kind: String,
     /// The component file (`.wasm`).
     pub path: String,
     /// Handed to the plugin's `init`.
     #[serde(default)]
     pub config: String,
-    /// Where a filter runs: `produce`, `fetch`, or both.
-    #[serde(default = "default_on")]
-    pub on: Vec<String>,
+    /// Where a filter runs: `produce` (the default), `fetch`, or both.
+    /// Filters only.
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
     /// Topics (client-visible names) the plugin sees: a name, prefix or glob.
     #[serde(default = "default_topics")]
     pub topics: String,
     /// Backend clusters whose topics the plugin sees; empty: every cluster.
+    /// Filters only.
     #[serde(default)]
     pub clusters: Vec<String>,
     /// Principals the plugin sees (names, prefixes or globs); empty: everyone.
     #[serde(default)]
     pub principals: Vec<String>,
-    /// What a failed call (trap, deadline, error) does to a batch: `reject` or `pass`.
+    /// What a failed call (trap, deadline, error) does: a filter's batch is
+    /// rejected or passes on; a router's topic is unroutable or left to the
+    /// gateway's own routes. `reject` or `pass`.
     #[serde(default = "default_on_error")]
     pub on_error: String,
     /// Memory limit per instance, in MiB.
@@ -61,9 +68,15 @@ pub struct PluginConfig {
     pub timeout_ms: u64,
 }
 
-fn default_on() -> Vec<String> {
-    vec!["produce".into()]
+impl PluginConfig {
+    /// Where a filter runs.
+    pub fn directions(&self) -> Vec<String> {
+        self.on.clone().unwrap_or_else(|| vec!["produce".into()])
+    }
 }
+
+/// The plugin kinds Causeway runs.
+const KINDS: [&str; 2] = ["record-filter", "router"];
 fn default_topics() -> String {
     "*".into()
 }
@@ -90,11 +103,22 @@ pub fn validate(plugins: &[PluginConfig], clusters: &[String]) -> Vec<Problem> {
         if plugins.iter().take(i).any(|q| q.name == p.name) {
             problem(format!("{base}.name"), format!("'{}' is used twice; names must be unique", p.name));
         }
-        if p.kind != "record-filter" {
+        if !KINDS.contains(&p.kind.as_str()) {
             problem(
                 format!("{base}.kind"),
-                format!("'{}' is not a plugin kind Causeway runs; use \"record-filter\"", p.kind),
+                format!("'{}' is not a plugin kind Causeway runs; use \"record-filter\" or \"router\"", p.kind),
             );
+        }
+        if p.kind == "router" {
+            if plugins.iter().take(i).any(|q| q.kind == "router") {
+                problem(format!("{base}.kind"), "a second router; Causeway runs one router plugin".into());
+            }
+            if p.on.is_some() {
+                problem(format!("{base}.on"), "is for record filters; a router is asked wherever a topic is named".into());
+            }
+            if !p.clusters.is_empty() {
+                problem(format!("{base}.clusters"), "is for record filters; a router chooses the cluster".into());
+            }
         }
         if !std::path::Path::new(&p.path).is_file() {
             problem(
@@ -111,7 +135,7 @@ pub fn validate(plugins: &[PluginConfig], clusters: &[String]) -> Vec<Problem> {
         if p.principals.iter().any(|g| g.is_empty()) {
             problem(format!("{base}.principals"), "has an empty pattern".into());
         }
-        if p.on.is_empty() || p.on.iter().any(|d| d != "produce" && d != "fetch") {
+        if p.on.as_ref().is_some_and(|on| on.is_empty() || on.iter().any(|d| d != "produce" && d != "fetch")) {
             problem(format!("{base}.on"), "list \"produce\", \"fetch\" or both".into());
         }
         if p.on_error != "reject" && p.on_error != "pass" {
@@ -192,18 +216,124 @@ pub fn cache_counts() -> Option<(usize, usize)> {
     CACHE.get().map(|c| (c.cache_hits(), c.cache_misses()))
 }
 
-/// Loads every configured record filter.
-pub fn load(plugins: &[PluginConfig]) -> anyhow::Result<Arc<FilterChain>> {
+/// The loaded plugins.
+#[derive(Clone, Default)]
+pub struct Plugins {
+    /// Record filters, in config order.
+    pub filters: Arc<FilterChain>,
+    pub router: Option<Arc<RouterPlugin>>,
+}
+
+impl Plugins {
+    /// Every plugin: name, kind, component path.
+    pub fn list(&self) -> Vec<(&str, &'static str, &str)> {
+        let filters = self.filters.filters().iter().map(|f| (&*f.sandbox.name, "record-filter", f.sandbox.path.as_str()));
+        let router = self.router.iter().map(|r| (&*r.sandbox.name, "router", r.sandbox.path.as_str()));
+        filters.chain(router).collect()
+    }
+
+    /// Reloads the named plugin (every plugin with `None`); each name with
+    /// the outcome.
+    pub fn reload(&self, name: Option<&str>) -> Vec<(String, Result<(), String>)> {
+        let mut out = self.filters.reload(name);
+        if let Some(r) = self.router.as_ref().filter(|r| name.is_none_or(|n| *r.sandbox.name == *n)) {
+            out.push((r.sandbox.name.to_string(), r.reload().map_err(|e| format!("{e:#}"))));
+        }
+        out
+    }
+
+    /// Reloads every plugin whose component file changed, every `every`, for
+    /// as long as the plugins live.
+    fn watch(&self, every: Duration) {
+        if self.filters.is_empty() && self.router.is_none() {
+            return;
+        }
+        let filters = Arc::downgrade(&self.filters);
+        let router = self.router.as_ref().map(Arc::downgrade);
+        let spawned = std::thread::Builder::new().name("plugin-watch".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(filters) = filters.upgrade() else { return };
+            let outcomes = filters.filters().iter().map(|f| (f.sandbox.name.clone(), f.sandbox.reload_if_changed()));
+            let router = router.as_ref().and_then(|r| r.upgrade());
+            let routed = router.iter().map(|r| (r.sandbox.name.clone(), r.reload_if_changed()));
+            for (plugin, outcome) in outcomes.chain(routed) {
+                if let Some(Err(e)) = outcome {
+                    tracing::error!(plugin = %plugin, error = %format!("{e:#}"), "changed plugin file not loaded; the old code stays");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot watch plugin files");
+        }
+    }
+}
+
+/// Loads every configured plugin; `clusters` are the config's cluster names.
+pub fn load(plugins: &[PluginConfig], clusters: &[String]) -> anyhow::Result<Plugins> {
     if plugins.is_empty() {
-        return Ok(Arc::new(FilterChain::default()));
+        return Ok(Plugins::default());
     }
     let max = plugins.iter().map(|p| p.memory_mb).max().unwrap_or(64);
     let engine = engine(max)?;
     let mut chain = FilterChain::default();
+    let mut router = None;
     for p in plugins {
-        chain.push(filter::Filter::load(&engine, p)?);
+        match p.kind.as_str() {
+            "router" => router = Some(Arc::new(RouterPlugin::load(&engine, p, clusters)?)),
+            _ => chain.push(filter::Filter::load(&engine, p)?),
+        }
     }
-    let chain = Arc::new(chain);
-    FilterChain::watch(&chain, Duration::from_secs(2));
-    Ok(chain)
+    let loaded = Plugins {
+        filters: Arc::new(chain),
+        router,
+    };
+    loaded.watch(Duration::from_secs(2));
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(name: &str, kind: &str) -> PluginConfig {
+        PluginConfig {
+            name: name.into(),
+            kind: kind.into(),
+            path: "Cargo.toml".into(),
+            config: String::new(),
+            on: None,
+            topics: default_topics(),
+            clusters: Vec::new(),
+            principals: Vec::new(),
+            on_error: default_on_error(),
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+
+    fn fields(plugins: &[PluginConfig]) -> Vec<String> {
+        validate(plugins, &["main".into()]).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn a_filter_and_a_router_together_are_fine() {
+        let mut filter = plugin("f", "record-filter");
+        filter.on = Some(vec!["produce".into(), "fetch".into()]);
+        filter.clusters = vec!["main".into()];
+        assert_eq!(fields(&[filter, plugin("r", "router")]), Vec::<String>::new());
+        assert_eq!(plugin("f", "record-filter").directions(), vec!["produce".to_string()]);
+    }
+
+    #[test]
+    fn router_mistakes_name_their_field() {
+        let mut r = plugin("r", "router");
+        r.on = Some(vec!["fetch".into()]);
+        r.clusters = vec!["main".into()];
+        assert_eq!(fields(&[r]), vec!["plugins[0].on", "plugins[0].clusters"]);
+        assert_eq!(fields(&[plugin("a", "router"), plugin("b", "router")]), vec!["plugins[1].kind"]);
+        assert_eq!(fields(&[plugin("a", "acl")]), vec!["plugins[0].kind"]);
+        let mut f = plugin("f", "record-filter");
+        f.on = Some(Vec::new());
+        assert_eq!(fields(&[f]), vec!["plugins[0].on"]);
+    }
 }

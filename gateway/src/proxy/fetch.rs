@@ -33,7 +33,7 @@ use super::session::Answer;
 use super::{Gateway, ProxyError};
 use crate::backend::{BrokerRef, Lane, SessionConns};
 use crate::codec::{encode_response, Request};
-use crate::routing::Router;
+use super::routes::ClientRoutes;
 
 /// A part's answer, in the client's names, shared between fetches.
 type PartResult = Result<FetchResponse, Arc<String>>;
@@ -106,7 +106,7 @@ pub async fn route(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
     lanes: &Arc<Lanes>,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let mut body: FetchRequest = req.decode(FetchRequest::WHAT)?;
@@ -150,7 +150,7 @@ pub async fn route(
                         let gw = gw.clone();
                         let broker = *broker;
                         let read_committed = body.isolation_level;
-                        let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
+                        let routes = router.clone();
                         async move {
                             let resp = await_reply(reply).await.map_err(|e| Arc::new(e.to_string()))?;
                             let mut out: FetchResponse = resp
@@ -168,7 +168,7 @@ pub async fn route(
                                 .with_isolation_level(read_committed)
                                 .rewrite(&mut out, &gw);
                             if !gw.filters.is_empty() {
-                                super::partitioned::filter_fetch(&mut out, &gw, &client_id);
+                                super::partitioned::filter_fetch(&mut out, &gw, &routes);
                             }
                             Ok(out)
                         }

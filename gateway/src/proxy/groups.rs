@@ -39,7 +39,7 @@ use super::{Gateway, ProxyError};
 use crate::backend::cluster::CLIENT_ID;
 use crate::backend::{BackendError, BrokerRef, Cluster, Reply, SessionConns};
 use crate::codec::{self, encode_response, Request, Response};
-use crate::routing::Router;
+use super::routes::ClientRoutes;
 
 /// Errors that say a commit's member or generation is not (or no longer) valid,
 /// or the coordinator cannot judge: the other clusters must not take the commit.
@@ -63,7 +63,7 @@ fn group_level(code: i16) -> bool {
 pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     match req.api_key {
@@ -102,7 +102,7 @@ struct ByCluster {
 }
 
 impl ByCluster {
-    fn new<'a>(router: &Router, names: impl Iterator<Item = &'a str>) -> Self {
+    fn new<'a>(router: &ClientRoutes, names: impl Iterator<Item = &'a str>) -> Self {
         let mut out = Self::default();
         for (i, name) in names.enumerate() {
             match router.topic(name) {
@@ -184,7 +184,7 @@ enum Check {
 async fn offset_commit(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: OffsetCommitRequest = req.decode("OffsetCommit request")?;
@@ -398,7 +398,7 @@ fn forget_if_moved(cluster: &Cluster, group: &str, mut codes: impl Iterator<Item
 async fn txn_offset_commit(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let mut body: TxnOffsetCommitRequest = req.decode("TxnOffsetCommit request")?;
@@ -493,7 +493,7 @@ fn txn_commit_failed(body: &TxnOffsetCommitRequest, code_of: impl Fn(usize) -> i
 async fn offset_delete(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: OffsetDeleteRequest = req.decode("OffsetDelete request")?;
@@ -571,7 +571,7 @@ async fn offset_delete(
 pub async fn dispatch_many(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     match req.api_key {
@@ -584,7 +584,7 @@ pub async fn dispatch_many(
 async fn describe_groups(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: DescribeGroupsRequest = req.decode("DescribeGroups request")?;
@@ -651,7 +651,7 @@ async fn describe_groups(
 async fn delete_groups(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: DeleteGroupsRequest = req.decode("DeleteGroups request")?;
@@ -736,7 +736,7 @@ pub async fn list_groups(
             }
         }
     }
-    let homes: Arc<Router> = gw.router();
+    let homes = gw.router();
     Ok(Box::pin(async move {
         let (version, header) = (req.version(), req.response_header_version());
         let mut acc = ListGroupsResponse::default();
@@ -780,7 +780,7 @@ type Wanted = (usize, Option<Vec<usize>>);
 async fn offset_fetch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: OffsetFetchRequest = req.decode("OffsetFetch request")?;
@@ -862,7 +862,7 @@ async fn offset_fetch(
         }
     }
     let (version, header) = (req.version(), req.response_header_version());
-    let router = gw.router();
+    let router = router.clone();
     let gw = gw.clone();
     Ok(Box::pin(async move {
         let what = "OffsetFetch response";

@@ -21,7 +21,7 @@ use super::partitioned::Names;
 use super::session::Answer;
 use super::{groups, metadata, partitioned, topics, Gateway, ProxyError};
 use crate::backend::{BackendError, BrokerRef, Reply, SessionConns};
-use crate::routing::Router;
+use super::routes::ClientRoutes;
 use crate::codec::versions::{self, Route};
 use crate::codec::{encode_response, Request, Response};
 use crate::telemetry;
@@ -107,7 +107,7 @@ pub async fn dispatch(
             version,
         });
     }
-    let router = gw.router();
+    let router = gw.routes_for(super::routes::ANONYMOUS, req.header.client_id.as_deref().unwrap_or(""));
     let answer = match audit.route {
         Route::ApiVersions => api_versions(gw, &req),
         Route::Metadata => metadata::metadata(gw, conns, &router, req).await?,
@@ -262,7 +262,7 @@ where
 async fn add_partitions_to_txn(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let mut body: AddPartitionsToTxnRequest = req.decode("AddPartitionsToTxn request")?;

@@ -23,7 +23,7 @@ use super::session::Answer;
 use super::{rewrite, Gateway, ProxyError};
 use crate::backend::{BrokerRef, Cluster, Reply, SessionConns};
 use crate::codec::{encode_response, Request};
-use crate::routing::Router;
+use super::routes::ClientRoutes;
 
 /// What one cluster is asked in a Metadata request.
 struct Ask {
@@ -36,7 +36,7 @@ struct Ask {
 pub async fn metadata(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: MetadataRequest = req.decode("Metadata request")?;
@@ -126,7 +126,7 @@ pub async fn metadata(
     }
     let (version, header) = (req.version(), req.response_header_version());
     let gw = gw.clone();
-    let router = gw.router();
+    let router = router.clone();
     Ok(Box::pin(async move {
         let what = "Metadata response";
         let mut acc = MetadataResponse::default();
@@ -156,13 +156,22 @@ pub async fn metadata(
                 first = false;
             }
             acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
+            // Every topic: which this client sees, and as what (one question
+            // to a router plugin for the lot).
+            let listed: Vec<Option<String>> = if ask.topics.is_none() {
+                let backends: Vec<&str> = part.topics.iter().filter_map(|t| t.name.as_ref()).map(|n| n.0.as_str()).collect();
+                router.client_names(ci, &backends).into_iter().map(|c| c.map(|c| c.into_owned())).collect()
+            } else {
+                Vec::new()
+            };
+            let mut listed = listed.into_iter();
             for mut t in part.topics {
                 let Some(name) = &t.name else {
                     acc.topics.push(t);
                     continue;
                 };
                 let client = if ask.topics.is_none() {
-                    router.client_name(ci, &name.0).map(|c| c.into_owned())
+                    listed.next().flatten()
                 } else {
                     ask.names.get(name.0.as_str()).cloned()
                 };
@@ -190,7 +199,7 @@ pub async fn metadata(
 
 /// The topics of a cluster that did not answer, from the last copy, each with a
 /// retriable error.
-fn unreachable_topics(cluster: &Cluster, ci: usize, ask: &Ask, router: &Router) -> Vec<MetadataResponseTopic> {
+fn unreachable_topics(cluster: &Cluster, ci: usize, ask: &Ask, router: &ClientRoutes) -> Vec<MetadataResponseTopic> {
     let snapshot = cluster.snapshot();
     let entry = |client: String, backend: &str| {
         let info = snapshot.topics.get(backend);
@@ -213,11 +222,15 @@ fn unreachable_topics(cluster: &Cluster, ci: usize, ask: &Ask, router: &Router) 
             )
     };
     match &ask.topics {
-        None => snapshot
-            .topics
-            .keys()
-            .filter_map(|b| Some(entry(router.client_name(ci, b)?.into_owned(), b)))
-            .collect(),
+        None => {
+            let backends: Vec<&str> = snapshot.topics.keys().map(String::as_str).collect();
+            let shown = router.client_names(ci, &backends);
+            backends
+                .iter()
+                .zip(shown)
+                .filter_map(|(b, c)| Some(entry(c?.into_owned(), b)))
+                .collect()
+        }
         Some(_) => ask.names.iter().map(|(b, c)| entry(c.clone(), b)).collect(),
     }
 }
@@ -227,7 +240,7 @@ fn unreachable_topics(cluster: &Cluster, ci: usize, ask: &Ask, router: &Router) 
 pub async fn find_coordinator(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: FindCoordinatorRequest = req.decode("FindCoordinator request")?;
@@ -318,7 +331,7 @@ pub async fn find_coordinator(
 pub async fn describe_cluster(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let ci = router.default_cluster();

@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod partitioned;
 pub mod producers;
 pub mod rewrite;
+pub mod routes;
 pub mod session;
 pub mod topics;
 
@@ -42,6 +43,8 @@ pub struct Gateway {
     pub producers: producers::ProducerIds,
     /// Record filters, in config order.
     pub filters: Arc<crate::plugins::FilterChain>,
+    /// The router plugin, asked before the routes.
+    pub router_plugin: Option<Arc<crate::plugins::RouterPlugin>>,
 }
 
 impl Gateway {
@@ -62,12 +65,18 @@ impl Gateway {
             router,
             producers: producers::ProducerIds::default(),
             filters: Arc::new(crate::plugins::FilterChain::default()),
+            router_plugin: None,
         }
     }
 
     /// The routes in force now.
     pub fn router(&self) -> Arc<Router> {
         self.router.get()
+    }
+
+    /// The routes in force now, as this client sees them.
+    pub fn routes_for(&self, principal: &str, client_id: &str) -> routes::ClientRoutes {
+        routes::ClientRoutes::new(self.router.get(), self.router_plugin.clone(), principal, client_id)
     }
 
     /// Cluster `index`, which the router only ever names within range.
@@ -91,6 +100,7 @@ impl Gateway {
             router: Arc::new(RouterCell::new(Router::new(&[], &["test".into()]))),
             producers: producers::ProducerIds::default(),
             filters: Arc::new(crate::plugins::FilterChain::default()),
+            router_plugin: None,
         }
     }
 

@@ -30,7 +30,7 @@ use super::session::Answer;
 use super::{Gateway, ProxyError};
 use crate::backend::{BrokerRef, Cluster, SessionConns};
 use crate::codec::{batches, encode_response, Request};
-use crate::routing::Router;
+use super::routes::ClientRoutes;
 
 /// How a request names a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -156,12 +156,12 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn release(&mut self) {}
     /// Runs the record filters over the batches: whether records changed, and the
     /// positions whose batches a filter rejected, with its message.
-    fn run_filters(&mut self, _gw: &Gateway, _client_id: &str) -> (bool, Rejected) {
+    fn run_filters(&mut self, _gw: &Gateway, _routes: &ClientRoutes) -> (bool, Rejected) {
         (false, Vec::new())
     }
     /// Runs the record filters over an answer's records (fetch); whether
     /// anything changed.
-    fn filter_answer(_resp: &mut Self::Resp, _gw: &Gateway, _client_id: &str) -> bool {
+    fn filter_answer(_resp: &mut Self::Resp, _gw: &Gateway, _routes: &ClientRoutes) -> bool {
         false
     }
     /// Removes what the answer's version cannot carry (error messages, say).
@@ -181,7 +181,7 @@ pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
     lanes: &Arc<super::fetch::Lanes>,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Option<super::session::Answer>, ProxyError> {
     match req.api_key {
@@ -229,7 +229,7 @@ impl Plan {
 }
 
 /// Finds the cluster, backend name and broker of every partition in `keys`.
-pub async fn plan(gw: &Gateway, router: &Router, keys: &[(TopicKey, Vec<i32>)], place: Place, no_route: i16, unreachable: i16) -> Plan {
+pub async fn plan(gw: &Gateway, router: &ClientRoutes, keys: &[(TopicKey, Vec<i32>)], place: Place, no_route: i16, unreachable: i16) -> Plan {
     let mut refreshed = false;
     loop {
         let mut out = Plan::default();
@@ -316,7 +316,7 @@ pub async fn plan(gw: &Gateway, router: &Router, keys: &[(TopicKey, Vec<i32>)], 
 }
 
 /// The cluster and backend name of a topic id clients may see.
-fn find_id(gw: &Gateway, router: &Router, id: &Uuid) -> Option<(usize, String)> {
+fn find_id(gw: &Gateway, router: &ClientRoutes, id: &Uuid) -> Option<(usize, String)> {
     gw.backends.clusters.iter().enumerate().find_map(|(ci, c)| {
         let name = c.topic_name(id)?;
         router.client_name(ci, &name)?;
@@ -340,7 +340,7 @@ fn refresh_in_background(cluster: Arc<Cluster>) {
 pub async fn route<T: Split>(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let mut body: T = req.decode(T::WHAT)?;
@@ -348,8 +348,7 @@ pub async fn route<T: Split>(
     let rejected = if gw.filters.is_empty() {
         Vec::new()
     } else {
-        let client_id = req.header.client_id.as_deref().unwrap_or("");
-        let (filtered, rejected) = body.run_filters(gw, client_id);
+        let (filtered, rejected) = body.run_filters(gw, router);
         changed |= filtered;
         rejected
     };
@@ -445,7 +444,7 @@ pub async fn route<T: Split>(
     }
     body.release();
     let (version, header) = (req.version(), req.response_header_version());
-    let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
+    let routes = router.clone();
     drop(req);
 
     let gw = gw.clone();
@@ -468,7 +467,7 @@ pub async fn route<T: Split>(
                     }
                     let mut rewritten = body.rewrite(&mut part, &gw);
                     if !gw.filters.is_empty() {
-                        rewritten |= T::filter_answer(&mut part, &gw, &client_id);
+                        rewritten |= T::filter_answer(&mut part, &gw, &routes);
                     }
                     if only_one && !rewritten && !renamed {
                         return Ok(resp.after_correlation_id());
@@ -652,17 +651,16 @@ impl Split for ProduceRequest {
         self.acks != 0
     }
 
-    fn run_filters(&mut self, gw: &Gateway, client_id: &str) -> (bool, Rejected) {
+    fn run_filters(&mut self, gw: &Gateway, router: &ClientRoutes) -> (bool, Rejected) {
         use crate::plugins::filter::{BatchContext, Direction};
         use crate::plugins::Outcome;
         let mut changed = false;
         let mut rejected = Vec::new();
-        let router = gw.router();
         for (ti, t) in self.topic_data.iter_mut().enumerate() {
             if !gw.filters.applies(Direction::Produce, &t.name.0) {
                 continue;
             }
-            let cluster = cluster_of(gw, &router, &t.name.0);
+            let cluster = cluster_of(gw, router, &t.name.0);
             for (pi, p) in t.partition_data.iter_mut().enumerate() {
                 let Some(records) = &p.records else { continue };
                 let context = BatchContext {
@@ -670,8 +668,8 @@ impl Split for ProduceRequest {
                     topic: &t.name.0,
                     cluster: &cluster,
                     partition: p.index,
-                    principal: "ANONYMOUS",
-                    client_id,
+                    principal: router.principal(),
+                    client_id: router.client_id(),
                 };
                 match gw.filters.run(&context, records) {
                     Outcome::Unchanged => {}
@@ -776,8 +774,8 @@ impl Split for FetchRequest {
         changed
     }
 
-    fn filter_answer(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> bool {
-        filter_fetch(resp, gw, client_id)
+    fn filter_answer(resp: &mut FetchResponse, gw: &Gateway, routes: &ClientRoutes) -> bool {
+        filter_fetch(resp, gw, routes)
     }
 
     fn rename_back(resp: &mut FetchResponse, names: &Names) {
@@ -883,7 +881,7 @@ impl Split for FetchRequest {
 
 /// The name of the cluster the client-visible topic `name` is routed to, or
 /// "" if none is.
-fn cluster_of(gw: &Gateway, router: &Router, name: &str) -> String {
+fn cluster_of(gw: &Gateway, router: &ClientRoutes, name: &str) -> String {
     router
         .topic(name)
         .and_then(|t| gw.backends.cluster(t.cluster))
@@ -894,10 +892,9 @@ fn cluster_of(gw: &Gateway, router: &Router, name: &str) -> String {
 /// Runs the record filters over a fetch answer's records. Topics fetched by id
 /// are named from the cluster metadata Causeway holds. A rejected partition
 /// carries POLICY_VIOLATION instead of its records.
-pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> bool {
+pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, router: &ClientRoutes) -> bool {
     use crate::plugins::filter::{BatchContext, Direction};
     use crate::plugins::Outcome;
-    let router = gw.router();
     let mut changed = false;
     for t in &mut resp.responses {
         let name = if t.topic.0.is_empty() {
@@ -913,7 +910,7 @@ pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> 
         if !gw.filters.applies(Direction::Fetch, &name) {
             continue;
         }
-        let cluster = cluster_of(gw, &router, &name);
+        let cluster = cluster_of(gw, router, &name);
         for p in &mut t.partitions {
             let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else { continue };
             let context = BatchContext {
@@ -921,8 +918,8 @@ pub fn filter_fetch(resp: &mut FetchResponse, gw: &Gateway, client_id: &str) -> 
                 topic: &name,
                 cluster: &cluster,
                 partition: p.partition_index,
-                principal: "ANONYMOUS",
-                client_id,
+                principal: router.principal(),
+                client_id: router.client_id(),
             };
             match gw.filters.run(&context, records) {
                 Outcome::Unchanged => {}

@@ -28,7 +28,7 @@ use super::session::Answer;
 use super::{Gateway, ProxyError};
 use crate::backend::SessionConns;
 use crate::codec::Request;
-use crate::routing::Router;
+use super::routes::ClientRoutes;
 
 /// Config resource types.
 const TOPIC: i8 = 2;
@@ -38,7 +38,7 @@ const BROKER_LOGGER: i8 = 8;
 pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
-    router: &Router,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     match req.api_key {
