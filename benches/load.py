@@ -1,6 +1,8 @@
 """Load harness: produce and consume throughput, produce latency and proxy CPU,
-measured in one run against three targets: the tansu broker directly, Causeway in
-front of it, and `tansu proxy` in front of it (a peer Rust Kafka proxy).
+measured in one run against the tansu broker directly, Causeway in front of it,
+and `tansu proxy` in front of it (a peer Rust Kafka proxy); and, unless
+--no-plugin, Causeway with the pass-through record filter on every produce and
+fetch, and Causeway with the tenant router renaming every topic.
 
 The client is librdkafka (confluent-kafka). Every target gets the same workload on
 its own topics, in interleaved rounds so drift in the machine affects all alike;
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -62,10 +65,11 @@ def delete_topic(addr: str, name: str) -> None:
     admin.delete_topics([name])[name].result(30)
 
 
-def produce_throughput(addr, topic, count, size, partitions):
+def produce_throughput(addr, topic, count, size, partitions, client_id="rdkafka"):
     payload = os.urandom(size)
     p = Producer({
         "bootstrap.servers": addr,
+        "client.id": client_id,
         "linger.ms": 5,
         "batch.size": 1_000_000,
         "queue.buffering.max.messages": 1_000_000,
@@ -91,9 +95,10 @@ def produce_throughput(addr, topic, count, size, partitions):
     return count * size / elapsed / 1e6, elapsed
 
 
-def consume_throughput(addr, topic, count, size, partitions):
+def consume_throughput(addr, topic, count, size, partitions, client_id="rdkafka"):
     c = Consumer({
         "bootstrap.servers": addr,
+        "client.id": client_id,
         "group.id": f"bench-{topic}",
         "enable.auto.commit": False,
         "fetch.max.bytes": 52_428_800,
@@ -114,10 +119,10 @@ def consume_throughput(addr, topic, count, size, partitions):
     return count * size / elapsed / 1e6, elapsed
 
 
-def produce_latency(addr, topic, rate, seconds, size):
+def produce_latency(addr, topic, rate, seconds, size, client_id="rdkafka"):
     """Produces at a fixed rate with linger 0; returns per-record delivery latencies (ms)."""
     payload = os.urandom(size)
-    p = Producer({"bootstrap.servers": addr, "linger.ms": 0, "acks": "all"})
+    p = Producer({"bootstrap.servers": addr, "client.id": client_id, "linger.ms": 0, "acks": "all"})
     lat = []
 
     def cb(err, msg, start):
@@ -158,19 +163,20 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the latency run")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--no-plugin", action="store_true",
-                    help="skip the target with the pass-through plugin (needs scripts/build-plugins.sh)")
+                    help="skip the targets with plugins (they need scripts/build-plugins.sh)")
     args = ap.parse_args()
 
     broker = Tansu()
     gateway = Gateway([broker.addr], extra_env={"CAUSEWAY_LOG": "warn"})
     gateway.wait_ready()
     proxy = TansuProxy(broker.addr)
+    # name -> (address, proxy pid, client id, backend topic prefix)
     targets = {
-        "direct": (broker.addr, None),
-        "causeway": (gateway.addr, gateway.process.pid()),
-        "tansu proxy": (proxy.addr, proxy.process.pid()),
+        "direct": (broker.addr, None, "rdkafka", ""),
+        "causeway": (gateway.addr, gateway.process.pid(), "rdkafka", ""),
+        "tansu proxy": (proxy.addr, proxy.process.pid(), "rdkafka", ""),
     }
-    filtered = None
+    filtered = routed = None
     if not args.no_plugin:
         # The same gateway with the pass-through record filter on every produce
         # and every fetch: the cost of the plugin machinery on the whole path.
@@ -182,26 +188,40 @@ def main():
         )
         filtered = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
         filtered.wait_ready()
-        targets["causeway + pass-through plugin"] = (filtered.addr, filtered.process.pid())
+        targets["causeway + pass-through plugin"] = (filtered.addr, filtered.process.pid(), "rdkafka", "")
+        # The same gateway with the tenant router: every topic of client
+        # "tenant-bench" lives under "bench." on the backend, so every produce
+        # and fetch is renamed both ways (answers cached, as in use).
+        config = (
+            '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
+            f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
+            '[[plugins]]\nname = "tenants"\nkind = "router"\n'
+            f'path = "{plugin_component("tenant-router")}"\n'
+            'config = \'{{"cluster": "main", "match": "client-id"}}\'\n'
+        )
+        routed = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
+        routed.wait_ready()
+        targets["causeway + tenant router"] = (routed.addr, routed.process.pid(), "tenant-bench", "bench.")
     results = {name: [] for name in targets}
     try:
         for rnd in range(args.rounds):
-            for name, (addr, pid) in targets.items():
-                topic = f"bench-{name.replace(' ', '-')}-{rnd}"
-                create_topic(broker.addr, topic, args.partitions)
+            for name, (addr, pid, client_id, prefix) in targets.items():
+                # Only what Kafka allows in a topic name ("+" is not).
+                topic = f"bench-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{rnd}"
+                create_topic(broker.addr, prefix + topic, args.partitions)
                 c0 = cpu_seconds(pid) if pid else 0.0
                 b0, me0 = cpu_seconds(broker.process.pid()), cpu_seconds(os.getpid())
-                pmb, pel = produce_throughput(addr, topic, args.count, args.size, args.partitions)
-                cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions)
+                pmb, pel = produce_throughput(addr, topic, args.count, args.size, args.partitions, client_id)
+                cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions, client_id)
                 cpu = (cpu_seconds(pid) - c0) if pid else 0.0
                 broker_cores = (cpu_seconds(broker.process.pid()) - b0) / (pel + cel)
                 client_cores = (cpu_seconds(os.getpid()) - me0) / (pel + cel)
                 ltopic = topic + "-lat"
-                create_topic(broker.addr, ltopic, 1)
-                lat = produce_latency(addr, ltopic, args.rate, args.seconds, args.size)
+                create_topic(broker.addr, prefix + ltopic, 1)
+                lat = produce_latency(addr, ltopic, args.rate, args.seconds, args.size, client_id)
                 # Keep the broker's in-memory log small between rounds.
-                delete_topic(broker.addr, topic)
-                delete_topic(broker.addr, ltopic)
+                delete_topic(broker.addr, prefix + topic)
+                delete_topic(broker.addr, prefix + ltopic)
                 moved_mb = 2 * args.count * args.size / 1e6
                 results[name].append({
                     "produce_mbs": pmb,
@@ -218,8 +238,9 @@ def main():
     finally:
         proxy.close()
         gateway.close()
-        if filtered is not None:
-            filtered.close()
+        for extra in (filtered, routed):
+            if extra is not None:
+                extra.close()
         broker.close()
 
     def ratio(name, key):
@@ -254,16 +275,24 @@ def main():
             f"{'-' if mc is None else f'{mc:.1f}'} | "
             f"{cores(name)} / {med(name, 'broker_cores'):.2f} / {med(name, 'client_cores'):.2f} |"
         )
+    def against_causeway(name, key):
+        return statistics.median(r[key] / c[key] for r, c in zip(results[name], results["causeway"]))
+
     if "causeway + pass-through plugin" in targets:
-        pairs = [f[k] / c[k] for f, c in zip(results["causeway + pass-through plugin"], results["causeway"])
-                 for k in ("produce_mbs",)]
-        cpairs = [f["consume_mbs"] / c["consume_mbs"]
-                  for f, c in zip(results["causeway + pass-through plugin"], results["causeway"])]
+        name = "causeway + pass-through plugin"
         lines += [
             "",
             f"With the pass-through plugin on produce and fetch, against Causeway without it (same rounds): "
-            f"produce {100 * statistics.median(pairs):.0f}%, consume {100 * statistics.median(cpairs):.0f}% "
-            f"(target >= 85%).",
+            f"produce {100 * against_causeway(name, 'produce_mbs'):.0f}%, "
+            f"consume {100 * against_causeway(name, 'consume_mbs'):.0f}% (target >= 85%).",
+        ]
+    if "causeway + tenant router" in targets:
+        name = "causeway + tenant router"
+        lines += [
+            "",
+            f"With the tenant router renaming every topic, against Causeway without it (same rounds): "
+            f"produce {100 * against_causeway(name, 'produce_mbs'):.0f}%, "
+            f"consume {100 * against_causeway(name, 'consume_mbs'):.0f}%.",
         ]
     table = "\n".join(lines)
     print()
