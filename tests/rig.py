@@ -356,3 +356,30 @@ def plugin_component(name: str) -> str:
     if not path.exists():
         raise RuntimeError(f"{path} is missing: run scripts/build-plugins.sh first")
     return str(path)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(dir: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA in `dir`: (name.pem, name-key.pem)."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", "-days", "30",
+            "-subj", f"/O=Causeway Tests/CN={name}", cwd=dir)
+    return dir / f"{name}.pem", dir / f"{name}-key.pem"
+
+
+def make_cert(dir: Path, name: str, subject: str, ca: str, server: bool = False) -> tuple[Path, Path]:
+    """A certificate signed by CA `ca` (made by make_ca in `dir`): (name.pem, name-key.pem).
+    A server certificate is for 127.0.0.1 and localhost."""
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", subject, cwd=dir)
+    ext = dir / f"{name}.ext"
+    if server:
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    else:
+        ext.write_text("extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile", ext.name, cwd=dir)
+    return dir / f"{name}.pem", dir / f"{name}-key.pem"

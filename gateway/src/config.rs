@@ -51,6 +51,9 @@ pub struct GatewayConfig {
     /// Requests one client connection may have in flight before Causeway stops reading.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// TLS for client connections; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// The admin HTTP endpoint: metrics and health.
@@ -152,6 +155,9 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         if let Some(dir) = dir {
+            if let Some(tls) = &mut config.gateway.tls {
+                crate::tls::resolve_paths(tls, dir);
+            }
             for p in &mut config.plugins {
                 if Path::new(&p.path).is_relative() {
                     p.path = dir.join(&p.path).display().to_string();
@@ -190,6 +196,7 @@ impl Config {
                 cluster_id: None,
                 max_frame_bytes: default_max_frame(),
                 max_in_flight: default_max_in_flight(),
+                tls: None,
             },
             admin: AdminConfig { listen: admin },
             clusters,
@@ -264,6 +271,11 @@ impl Config {
                     default_max_frame()
                 ),
             );
+        }
+        if let Some(tls) = &self.gateway.tls {
+            for p in crate::tls::validate(tls, "gateway.tls") {
+                problem(&p.field, p.message);
+            }
         }
         if self.gateway.max_in_flight == 0 || self.gateway.max_in_flight > 65_536 {
             problem(

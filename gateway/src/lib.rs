@@ -18,6 +18,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod routing;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -58,6 +59,11 @@ pub async fn start(
     let plugins = plugins::load(&config.plugins, &config.cluster_names())?;
     gateway.filters = plugins.filters.clone();
     gateway.router_plugin = plugins.router.clone();
+    if let Some(tls) = &config.gateway.tls {
+        let listener = tls::Listener::new(tls)?;
+        listener.watch(std::time::Duration::from_secs(2));
+        gateway.tls = Some(listener);
+    }
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
 
     let admin_addr = match &config.admin.listen {

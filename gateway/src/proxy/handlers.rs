@@ -87,6 +87,7 @@ pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
     lanes: &Arc<super::fetch::Lanes>,
+    principal: &str,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let version = req.version();
@@ -107,7 +108,7 @@ pub async fn dispatch(
             version,
         });
     }
-    let router = gw.routes_for(super::routes::ANONYMOUS, req.header.client_id.as_deref().unwrap_or(""));
+    let router = gw.routes_for(principal, req.header.client_id.as_deref().unwrap_or(""));
     let answer = match audit.route {
         Route::ApiVersions => api_versions(gw, &req),
         Route::Metadata => metadata::metadata(gw, conns, &router, req).await?,

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub filters: Arc<crate::plugins::FilterChain>,
     /// The router plugin, asked before the routes.
     pub router_plugin: Option<Arc<crate::plugins::RouterPlugin>>,
+    /// TLS on the client listener; plain TCP when `None`.
+    pub tls: Option<Arc<crate::tls::Listener>>,
 }
 
 impl Gateway {
@@ -66,6 +68,7 @@ impl Gateway {
             producers: producers::ProducerIds::default(),
             filters: Arc::new(crate::plugins::FilterChain::default()),
             router_plugin: None,
+            tls: None,
         }
     }
 
@@ -101,6 +104,7 @@ impl Gateway {
             producers: producers::ProducerIds::default(),
             filters: Arc::new(crate::plugins::FilterChain::default()),
             router_plugin: None,
+            tls: None,
         }
     }
 
@@ -139,8 +143,41 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Res
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
-        tokio::spawn(async move {
-            session::run(gateway, stream, peer).await;
-        });
+        match gateway.tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    let (rd, wr) = stream.into_split();
+                    session::run(gateway, rd, wr, peer, Arc::from(routes::ANONYMOUS)).await;
+                });
+            }
+            Some(tls) => {
+                tokio::spawn(async move {
+                    let handshake = tls.acceptor().accept(stream);
+                    let stream = match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            crate::telemetry::tls_handshake_failed("refused");
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            crate::telemetry::tls_handshake_failed("timeout");
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let principal = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(crate::tls::principal_of)
+                        .unwrap_or_else(|| routes::ANONYMOUS.to_string());
+                    tracing::debug!(%peer, %principal, "TLS client connected");
+                    let (rd, wr) = tokio::io::split(stream);
+                    session::run(gateway, rd, wr, peer, Arc::from(principal)).await;
+                });
+            }
+        }
     }
 }

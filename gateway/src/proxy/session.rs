@@ -17,9 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::{handlers, Gateway, ProxyError};
 use crate::backend::SessionConns;
@@ -32,12 +30,18 @@ pub type Answer = BoxFuture<'static, Result<Bytes, ProxyError>>;
 /// An answer with what is needed to write it back and account for it.
 type Pending = BoxFuture<'static, (i32, &'static str, Instant, Result<Bytes, ProxyError>)>;
 
-/// Serves one client until it disconnects or breaks the protocol.
-pub async fn run(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client, reading `rd` and writing `wr` (a TCP or TLS stream's
+/// halves), until it disconnects or breaks the protocol. `principal` is who
+/// the client proved to be, or ANONYMOUS.
+pub async fn run<R, W>(gateway: Arc<Gateway>, rd: R, wr: W, peer: SocketAddr, principal: Arc<str>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     telemetry::connection_opened();
     tracing::debug!(%peer, "client connected");
     let mut conns = SessionConns::new(gateway.backends.clone());
-    match serve(&gateway, stream, &mut conns).await {
+    match serve(&gateway, rd, wr, &principal, &mut conns).await {
         Ok(()) => tracing::debug!(%peer, "client closed the connection"),
         Err(e) => tracing::info!(%peer, error = %e, "closing client connection"),
     }
@@ -45,12 +49,17 @@ pub async fn run(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
     telemetry::connection_closed();
 }
 
-async fn serve(
+async fn serve<R, W>(
     gateway: &Arc<Gateway>,
-    stream: TcpStream,
+    mut rd: R,
+    wr: W,
+    principal: &str,
     conns: &mut SessionConns,
-) -> Result<(), ProxyError> {
-    let (mut rd, wr) = stream.into_split();
+) -> Result<(), ProxyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -79,7 +88,7 @@ async fn serve(
             })?;
             let correlation_id = request.correlation_id();
             let api = api_name(&request);
-            match handlers::dispatch(gateway, conns, &lanes, request).await? {
+            match handlers::dispatch(gateway, conns, &lanes, principal, request).await? {
                 Some(answer) => answers.push_back(Box::pin(
                     answer.map(move |r| (correlation_id, api, started, r)),
                 )),
@@ -129,8 +138,8 @@ async fn serve(
     }
 }
 
-async fn write_answer(
-    wr: &mut BufWriter<OwnedWriteHalf>,
+async fn write_answer<W: AsyncWrite + Unpin>(
+    wr: &mut BufWriter<W>,
     (correlation_id, api, started, answer): (i32, &'static str, Instant, Result<Bytes, ProxyError>),
 ) -> Result<(), ProxyError> {
     let body = answer.inspect_err(|e| {
