@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     /// TLS for client connections; plain TCP when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// SASL authentication of clients; none when absent.
+    #[serde(default)]
+    pub sasl: Option<crate::sasl::SaslConfig>,
 }
 
 /// The admin HTTP endpoint: metrics and health.
@@ -158,6 +161,9 @@ impl Config {
             if let Some(tls) = &mut config.gateway.tls {
                 crate::tls::resolve_paths(tls, dir);
             }
+            if let Some(sasl) = &mut config.gateway.sasl {
+                crate::sasl::resolve_paths(sasl, dir);
+            }
             for p in &mut config.plugins {
                 if Path::new(&p.path).is_relative() {
                     p.path = dir.join(&p.path).display().to_string();
@@ -197,6 +203,7 @@ impl Config {
                 max_frame_bytes: default_max_frame(),
                 max_in_flight: default_max_in_flight(),
                 tls: None,
+                sasl: None,
             },
             admin: AdminConfig { listen: admin },
             clusters,
@@ -274,6 +281,11 @@ impl Config {
         }
         if let Some(tls) = &self.gateway.tls {
             for p in crate::tls::validate(tls, "gateway.tls") {
+                problem(&p.field, p.message);
+            }
+        }
+        if let Some(sasl) = &self.gateway.sasl {
+            for p in crate::sasl::validate(sasl) {
                 problem(&p.field, p.message);
             }
         }

@@ -17,6 +17,7 @@ mod io;
 pub mod plugins;
 pub mod proxy;
 pub mod routing;
+pub mod sasl;
 pub mod telemetry;
 pub mod tls;
 
@@ -63,6 +64,14 @@ pub async fn start(
         let listener = tls::Listener::new(tls)?;
         listener.watch(std::time::Duration::from_secs(2));
         gateway.tls = Some(listener);
+    }
+    if let Some(sasl) = &config.gateway.sasl {
+        let auth = sasl::load(sasl)?;
+        if config.gateway.tls.is_none() && auth.mechanisms().contains(&sasl::Mechanism::Plain) {
+            tracing::warn!("SASL PLAIN without [gateway.tls]: passwords cross the network in the clear");
+        }
+        tracing::info!(mechanisms = ?auth.names(), "clients must authenticate");
+        gateway.sasl = Some(auth);
     }
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
 

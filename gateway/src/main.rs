@@ -46,11 +46,62 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make a user's entry for the SASL credentials file, reading the
+    /// password from standard input (one line): salted SCRAM keys, never the
+    /// password itself.
+    SaslUser {
+        /// The user name.
+        user: String,
+        /// PBKDF2 iterations (4096 or more).
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+    },
+}
+
+/// `[users.NAME]` with SCRAM-SHA-256 and -512 keys for the password on stdin.
+fn sasl_user(user: &str, iterations: u32) -> Result<String, String> {
+    use causeway::sasl::{Hash, ScramCredential, MAX_ITERATIONS, MIN_ITERATIONS};
+    if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+        return Err(format!("--iterations {iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err("no password on standard input".into());
+    }
+    let sha256 = ScramCredential::new(Hash::Sha256, password, iterations)?;
+    let sha512 = ScramCredential::new(Hash::Sha512, password, iterations)?;
+    Ok(format!(
+        "[users.{}]\nscram-sha-256 = \"{}\"\nscram-sha-512 = \"{}\"\n",
+        toml_key(user),
+        sha256.to_text(),
+        sha512.to_text()
+    ))
+}
+
+/// A TOML key: bare if it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::SaslUser { user, iterations } => match sasl_user(&user, iterations) {
+            Ok(entry) => {
+                print!("{entry}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("causeway sasl-user: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());

@@ -13,6 +13,7 @@ const CONNECTIONS: &str = "causeway_client_connections";
 const CONNECTIONS_TOTAL: &str = "causeway_client_connections_accepted_total";
 const PROTOCOL_ERRORS: &str = "causeway_client_protocol_errors_total";
 const TLS_FAILURES: &str = "causeway_client_tls_handshake_failures_total";
+const SASL_LOGINS: &str = "causeway_client_sasl_logins_total";
 const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
 const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
@@ -49,6 +50,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
     describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections.");
     describe_counter!(CONNECTIONS_TOTAL, Unit::Count, "Client connections accepted.");
+    describe_counter!(SASL_LOGINS, Unit::Count, "Client SASL logins, by outcome (ok, refused).");
     describe_counter!(TLS_FAILURES, Unit::Count, "Client TLS handshakes that failed, by reason (refused, timeout).");
     describe_counter!(
         PROTOCOL_ERRORS,
@@ -92,6 +94,10 @@ pub fn bytes_out(n: usize) {
 pub fn connection_opened() {
     counter!(CONNECTIONS_TOTAL).increment(1);
     gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub fn sasl_login(ok: bool) {
+    counter!(SASL_LOGINS, "outcome" => if ok { "ok" } else { "refused" }).increment(1);
 }
 
 pub fn tls_handshake_failed(reason: &'static str) {

@@ -16,6 +16,9 @@ use super::{CodecError, Request};
 pub enum Route {
     /// Answered by the gateway itself.
     ApiVersions,
+    /// SASL authentication, answered by the connection itself; offered only
+    /// when the gateway authenticates clients.
+    Sasl,
     /// Forwarded to any broker; brokers, leaders and controller rewritten to the gateway.
     Metadata,
     /// Forwarded to any broker; the coordinator is remembered and replaced by the gateway.
@@ -77,6 +80,8 @@ pub const AUDITED: &[Audited] = &[
     a(ApiKey::DescribeGroups, 0, 5, Route::Groups),
     a(ApiKey::ListGroups, 0, 5, Route::AllBrokers),
     a(ApiKey::ApiVersions, 0, 4, Route::ApiVersions),
+    a(ApiKey::SaslHandshake, 1, 1, Route::Sasl),
+    a(ApiKey::SaslAuthenticate, 0, 2, Route::Sasl),
     a(ApiKey::CreateTopics, 2, 7, Route::Controller),
     a(ApiKey::DeleteTopics, 1, 6, Route::Controller),
     a(ApiKey::DeleteRecords, 0, 2, Route::Partitioned),

@@ -111,6 +111,13 @@ pub async fn dispatch(
     let router = gw.routes_for(principal, req.header.client_id.as_deref().unwrap_or(""));
     let answer = match audit.route {
         Route::ApiVersions => api_versions(gw, &req),
+        // The session answers these itself.
+        Route::Sasl => {
+            return Err(ProxyError::Unsupported {
+                api: super::session::api_key_name(req.api_key),
+                version,
+            })
+        }
         Route::Metadata => metadata::metadata(gw, conns, &router, req).await?,
         Route::FindCoordinator => metadata::find_coordinator(gw, conns, &router, req).await?,
         Route::DescribeCluster => metadata::describe_cluster(gw, conns, &router, req).await?,
@@ -203,7 +210,10 @@ fn api_versions(gw: &Gateway, req: &Request) -> Answer {
     let mut keys = Vec::new();
     'keys: for e in versions::AUDITED {
         let (mut min, mut max) = (e.min, e.max);
-        if e.key != ApiKey::ApiVersions {
+        if e.route == Route::Sasl && gw.sasl.is_none() {
+            continue;
+        }
+        if e.key != ApiKey::ApiVersions && e.route != Route::Sasl {
             for backend in &known {
                 let Some(&(bmin, bmax)) = backend.get(&(e.key as i16)) else {
                     continue 'keys;

@@ -9,6 +9,7 @@
 pub mod fetch;
 pub mod groups;
 pub mod handlers;
+pub mod login;
 pub mod metadata;
 pub mod partitioned;
 pub mod producers;
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub router_plugin: Option<Arc<crate::plugins::RouterPlugin>>,
     /// TLS on the client listener; plain TCP when `None`.
     pub tls: Option<Arc<crate::tls::Listener>>,
+    /// Who may log in; clients need not when `None`.
+    pub sasl: Option<Arc<crate::sasl::Authenticator>>,
 }
 
 impl Gateway {
@@ -69,6 +72,7 @@ impl Gateway {
             filters: Arc::new(crate::plugins::FilterChain::default()),
             router_plugin: None,
             tls: None,
+            sasl: None,
         }
     }
 
@@ -105,6 +109,7 @@ impl Gateway {
             filters: Arc::new(crate::plugins::FilterChain::default()),
             router_plugin: None,
             tls: None,
+            sasl: None,
         }
     }
 
@@ -127,6 +132,8 @@ pub enum ProxyError {
     Unsupported { api: &'static str, version: i16 },
     #[error("client connection failed: {0}")]
     ClientIo(#[from] std::io::Error),
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 /// Accepts client connections until the listener fails.

@@ -19,7 +19,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use super::{handlers, Gateway, ProxyError};
+use super::{handlers, login, Gateway, ProxyError};
 use crate::backend::SessionConns;
 use crate::codec::{self, CodecError, Request};
 use crate::telemetry;
@@ -60,6 +60,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut principal: Arc<str> = Arc::from(principal);
+    let mut login = crate::sasl::Login::default();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -88,7 +90,34 @@ where
             })?;
             let correlation_id = request.correlation_id();
             let api = api_name(&request);
-            match handlers::dispatch(gateway, conns, &lanes, principal, request).await? {
+            if let Some(auth) = &gateway.sasl {
+                use kafka_protocol::messages::ApiKey;
+                let now = Instant::now();
+                if matches!(request.api_key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+                    let (answer, refused) = login::step(auth, &mut login, &request)?;
+                    answers.push_back(Box::pin(futures::future::ready((correlation_id, api, started, Ok(answer)))));
+                    if refused {
+                        // Answer, then close; nothing after it is read.
+                        open = false;
+                        buf.clear();
+                        break;
+                    }
+                    if let Some(p) = login.principal() {
+                        principal = Arc::from(p);
+                    }
+                    continue;
+                }
+                if login.expired(now) {
+                    return Err(ProxyError::Unauthenticated(
+                        "the authentication ran out (KIP-368); the client did not log in again".into(),
+                    ));
+                }
+                if !login.authenticated(now) && request.api_key != ApiKey::ApiVersions {
+                    telemetry::protocol_error("unauthenticated");
+                    return Err(ProxyError::Unauthenticated(format!("{api} before SASL authentication")));
+                }
+            }
+            match handlers::dispatch(gateway, conns, &lanes, &principal, request).await? {
                 Some(answer) => answers.push_back(Box::pin(
                     answer.map(move |r| (correlation_id, api, started, r)),
                 )),
