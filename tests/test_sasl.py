@@ -1,5 +1,5 @@
 """SASL at the gateway with real clients: SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN
-from librdkafka and kafka-python, over plain TCP and over TLS; wrong passwords and
+from librdkafka, kafka-python, kafkajs and kcat, over plain TCP and over TLS; wrong passwords and
 unknown users refused; a request before authentication closes the connection;
 the authenticated principal reaches plugins; KIP-368 re-authentication keeps a
 long-lived producer going; and `causeway sasl-user` writes credentials the
@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from clients import read_partition
-from rig import Gateway, Tansu, causeway_bin, causeway_check, make_ca, make_cert, plugin_component, wait_for
+from clients import kafkajs, read_partition
+from rig import Gateway, Tansu, causeway_bin, causeway_check, kcat, make_ca, make_cert, plugin_component
 
 
 def sasl_user(name, password, iterations=4096):
@@ -91,7 +91,7 @@ def read(addr, topic, conf, timeout=20.0):
     raise AssertionError(f"no end of {topic}")
 
 
-def test_scram_and_plain_logins_from_librdkafka_and_kafka_python(broker, creds):
+def test_scram_and_plain_logins_from_every_client(broker, creds):
     broker.create_topic("sasl.orders", 1)
     gw = sasl_gateway(broker, creds)
     try:
@@ -115,6 +115,28 @@ def test_scram_and_plain_logins_from_librdkafka_and_kafka_python(broker, creds):
         kc.seek(KTP("sasl.orders", 0), 0)
         assert [m.value for m in kc] == sent
         kc.close()
+
+        # kafkajs (SCRAM and PLAIN) and kcat (SCRAM-SHA-512).
+        for i, mechanism in enumerate(["scram-sha-256", "scram-sha-512", "plain"]):
+            kafkajs({"op": "produce", "brokers": [gw.addr], "topic": "sasl.orders", "partition": 0,
+                     "records": [{"key": "k", "value": f"js-{mechanism}"}],
+                     "sasl": {"mechanism": mechanism, "username": "bob", "password": "bob-secret"}})
+            sent.append(f"js-{mechanism}".encode())
+        r = subprocess.run([kcat(), "-b", gw.addr, "-P", "-t", "sasl.orders", "-p", "0",
+                            "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-512",
+                            "-X", "sasl.username=alice", "-X", "sasl.password=alice-secret"],
+                           input=b"kcat-1\n", timeout=30, capture_output=True)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        sent.append(b"kcat-1")
+        r = subprocess.run([kcat(), "-b", gw.addr, "-C", "-t", "sasl.orders", "-p", "0", "-o", "beginning", "-e",
+                            "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-256",
+                            "-X", "sasl.username=bob", "-X", "sasl.password=bob-secret"],
+                           check=True, timeout=30, capture_output=True)
+        assert r.stdout.decode().splitlines() == [v.decode() for v in sent]
+        got = kafkajs({"op": "consume", "brokers": [gw.addr], "topic": "sasl.orders", "partition": 0,
+                       "count": len(sent), "sasl": {"mechanism": "scram-sha-512", "username": "alice",
+                                                    "password": "alice-secret"}})
+        assert [m["value"].encode() for m in got["messages"]] == sent
         assert gw.metrics()['causeway_client_sasl_logins_total{outcome="ok"}'] >= 7
     finally:
         gw.close()

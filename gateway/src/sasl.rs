@@ -447,7 +447,12 @@ impl ScramServer {
         if binding != Some(B64.encode(&self.gs2_header).as_str()) {
             return Err("SCRAM channel binding does not match".into());
         }
-        if nonce != Some(self.nonce.as_str()) {
+        // RFC 5802 wants the nonce back exactly; librdkafka before 2.1 sends
+        // its client nonce once more in front of it. Kafka's broker accepts a
+        // nonce that ends with the one it sent, and so does Causeway: the
+        // server's fresh part is still required, and the proof covers the
+        // message as the client wrote it.
+        if !nonce.is_some_and(|n| n.ends_with(self.nonce.as_str())) {
             return Err("SCRAM nonce does not match".into());
         }
         let proof = B64.decode(proof).map_err(|_| "SCRAM proof is not base64".to_string())?;
@@ -638,7 +643,9 @@ mod tests {
             assert!(ScramServer::start(&auth, Hash::Sha256, msg, "s").is_err(), "{msg:?}");
         }
         let (server, _) = ScramServer::start(&auth, Hash::Sha256, b"n,,n=user,r=abc", "xyz").expect("first");
-        assert!(server.finish(b"c=biws,r=WRONG,p=AAAA").is_err());
+        assert_eq!(server.finish(b"c=biws,r=WRONG,p=AAAA").err().as_deref(), Some("SCRAM nonce does not match"));
+        let (server, _) = ScramServer::start(&auth, Hash::Sha256, b"n,,n=user,r=abc", "xyz").expect("first");
+        assert_eq!(server.finish(b"c=biws,r=abcxy,p=AAAA").err().as_deref(), Some("SCRAM nonce does not match"));
     }
 
     #[test]

@@ -17,6 +17,10 @@ async function main() {
     brokers: cmd.brokers,
     logLevel: logLevel.ERROR,
     retry: { retries: 8 },
+    // Optional: { mechanism: 'scram-sha-256' | 'scram-sha-512' | 'plain', username, password }.
+    sasl: cmd.sasl,
+    // Optional: a CA file for TLS.
+    ssl: cmd.sslCa ? { ca: [require('fs').readFileSync(cmd.sslCa, 'utf-8')] } : undefined,
   });
   let result;
   if (cmd.op === 'produce') {

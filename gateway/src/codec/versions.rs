@@ -80,7 +80,9 @@ pub const AUDITED: &[Audited] = &[
     a(ApiKey::DescribeGroups, 0, 5, Route::Groups),
     a(ApiKey::ListGroups, 0, 5, Route::AllBrokers),
     a(ApiKey::ApiVersions, 0, 4, Route::ApiVersions),
-    a(ApiKey::SaslHandshake, 1, 1, Route::Sasl),
+    // v0 (raw SASL tokens after the handshake) is listed because librdkafka
+    // before 2.x sees no SASL support without it; a v0 handshake is refused.
+    a(ApiKey::SaslHandshake, 0, 1, Route::Sasl),
     a(ApiKey::SaslAuthenticate, 0, 2, Route::Sasl),
     a(ApiKey::CreateTopics, 2, 7, Route::Controller),
     a(ApiKey::DeleteTopics, 1, 6, Route::Controller),

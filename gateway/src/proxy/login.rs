@@ -13,6 +13,7 @@ use crate::sasl::{Authenticator, Login, Step};
 use crate::telemetry;
 
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+const UNSUPPORTED_VERSION: i16 = 35;
 const ILLEGAL_SASL_STATE: i16 = 34;
 const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
@@ -20,6 +21,18 @@ const SASL_AUTHENTICATION_FAILED: i16 = 58;
 /// refused (the connection closes once the answer is written).
 pub fn step(auth: &Authenticator, login: &mut Login, req: &Request) -> Result<(Bytes, bool), ProxyError> {
     let (version, header) = (req.version(), req.response_header_version());
+    let offered = crate::codec::versions::audited(req.api_key).is_some_and(|a| (a.min..=a.max).contains(&version));
+    if !offered {
+        return Err(ProxyError::Unsupported { api: super::session::api_key_name(req.api_key), version });
+    }
+    if req.api_key == ApiKey::SaslHandshake && version == 0 {
+        // v0 would carry the SASL tokens outside Kafka's framing.
+        telemetry::sasl_login(false);
+        let answer = SaslHandshakeResponse::default()
+            .with_error_code(UNSUPPORTED_VERSION)
+            .with_mechanisms(auth.names().into_iter().map(StrBytes::from_string).collect());
+        return Ok((encode_response(&answer, version, header, "SaslHandshake response")?, true));
+    }
     if req.api_key == ApiKey::SaslHandshake {
         let body: SaslHandshakeRequest = req.decode("SaslHandshake request")?;
         let ok = login.handshake(auth, &body.mechanism);
