@@ -1,5 +1,5 @@
 """TLS on the client listener, with certificates made by openssl and real clients
-(librdkafka, kafka-python): produce and consume over TLS, plaintext refused,
+(librdkafka, kafka-python, kafkajs): produce and consume over TLS, plaintext refused,
 mutual TLS with the principal taken from the client certificate (and used by a
 router plugin to isolate tenants), untrusted and missing client certificates
 refused, a renewed certificate served without a restart, and mistakes in the TLS
@@ -120,6 +120,12 @@ def test_clients_produce_and_consume_over_tls_and_plaintext_is_refused(broker, p
         assert [m.value for m in kc][:2] == [b"one", b"two"]
         kc.close()
 
+        # kafkajs over TLS.
+        from clients import kafkajs
+        kafkajs({"op": "produce", "brokers": [gw.addr], "topic": "tls.orders", "partition": 0,
+                 "records": [{"key": "k", "value": "js"}], "sslCa": str(pki / "ca.pem")})
+        assert [v for _, _, v, _ in read_partition(broker.addr, "tls.orders", 0)] == [b"one", b"two", b"js"]
+
         # A client speaking plaintext to the TLS port gets nowhere, and the
         # gateway keeps serving.
         plain = AdminClient({"bootstrap.servers": gw.addr, "socket.timeout.ms": 2000})
@@ -128,6 +134,7 @@ def test_clients_produce_and_consume_over_tls_and_plaintext_is_refused(broker, p
         wait_for(lambda: gw.metrics().get('causeway_client_tls_handshake_failures_total{reason="refused"}', 0) >= 1,
                  10, "a refused handshake counted")
         assert deliver(gw.addr, "tls.orders", [b"three"], ssl_conf(pki)) == [None]
+        assert read(gw.addr, "tls.orders", ssl_conf(pki)) == [(0, b"one"), (1, b"two"), (2, b"js"), (3, b"three")]
     finally:
         gw.close()
 
