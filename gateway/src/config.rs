@@ -51,6 +51,16 @@ pub struct GatewayConfig {
     /// Requests one client connection may have in flight before Causeway stops reading.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Client connections held at once; more are closed when accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections held at once from one address; no limit when absent.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// A connection with nothing in flight that sends nothing for this long is
+    /// closed, in ms (Kafka's connections.max.idle.ms).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
     /// TLS for client connections; plain TCP when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -90,6 +100,12 @@ pub struct ClusterConfig {
 
 fn default_max_frame() -> usize {
     100 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_idle_timeout() -> u64 {
+    600_000
 }
 fn default_max_in_flight() -> usize {
     256
@@ -202,6 +218,9 @@ impl Config {
                 cluster_id: None,
                 max_frame_bytes: default_max_frame(),
                 max_in_flight: default_max_in_flight(),
+                max_connections: default_max_connections(),
+                max_connections_per_ip: None,
+                idle_timeout_ms: default_idle_timeout(),
                 tls: None,
                 sasl: None,
             },
@@ -297,6 +316,18 @@ impl Config {
                     self.gateway.max_in_flight,
                     default_max_in_flight()
                 ),
+            );
+        }
+        if self.gateway.max_connections == 0 {
+            problem("gateway.max_connections", "is 0: no client could connect".into());
+        }
+        if self.gateway.max_connections_per_ip == Some(0) {
+            problem("gateway.max_connections_per_ip", "is 0: no client could connect; remove it for no limit".into());
+        }
+        if self.gateway.idle_timeout_ms < 1000 {
+            problem(
+                "gateway.idle_timeout_ms",
+                format!("{} is under 1000; clients between requests would be cut off", self.gateway.idle_timeout_ms),
             );
         }
         if let Some(admin) = &self.admin.listen {

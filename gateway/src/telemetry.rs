@@ -14,6 +14,8 @@ const CONNECTIONS_TOTAL: &str = "causeway_client_connections_accepted_total";
 const PROTOCOL_ERRORS: &str = "causeway_client_protocol_errors_total";
 const TLS_FAILURES: &str = "causeway_client_tls_handshake_failures_total";
 const SASL_LOGINS: &str = "causeway_client_sasl_logins_total";
+const CONNECTIONS_REFUSED: &str = "causeway_client_connections_refused_total";
+const IDLE_CLOSED: &str = "causeway_client_idle_closed_total";
 const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
 const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
@@ -50,6 +52,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
     describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections.");
     describe_counter!(CONNECTIONS_TOTAL, Unit::Count, "Client connections accepted.");
+    describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Client connections closed on accept, by the limit they were over.");
+    describe_counter!(IDLE_CLOSED, Unit::Count, "Client connections closed for sitting idle.");
     describe_counter!(SASL_LOGINS, Unit::Count, "Client SASL logins, by outcome (ok, refused).");
     describe_counter!(TLS_FAILURES, Unit::Count, "Client TLS handshakes that failed, by reason (refused, timeout).");
     describe_counter!(
@@ -94,6 +98,14 @@ pub fn bytes_out(n: usize) {
 pub fn connection_opened() {
     counter!(CONNECTIONS_TOTAL).increment(1);
     gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub fn connection_refused(limit: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(1);
+}
+
+pub fn idle_closed() {
+    counter!(IDLE_CLOSED).increment(1);
 }
 
 pub fn sasl_login(ok: bool) {

@@ -9,6 +9,7 @@
 pub mod fetch;
 pub mod groups;
 pub mod handlers;
+pub mod limits;
 pub mod login;
 pub mod metadata;
 pub mod partitioned;
@@ -37,6 +38,10 @@ pub struct Gateway {
     pub cluster_id: Option<String>,
     pub max_frame: usize,
     pub max_in_flight: usize,
+    /// Connections held, in all and per address.
+    pub limits: Arc<limits::Limits>,
+    /// How long a connection may sit idle.
+    pub idle_timeout: std::time::Duration,
     pub backends: Backends,
     /// Where topics, groups and transactional ids live; swapped by route changes.
     pub router: Arc<RouterCell>,
@@ -66,6 +71,8 @@ impl Gateway {
             cluster_id,
             max_frame: config.gateway.max_frame_bytes,
             max_in_flight: config.gateway.max_in_flight,
+            limits: limits::Limits::new(config.gateway.max_connections, config.gateway.max_connections_per_ip),
+            idle_timeout: std::time::Duration::from_millis(config.gateway.idle_timeout_ms),
             backends,
             router,
             producers: producers::ProducerIds::default(),
@@ -103,6 +110,8 @@ impl Gateway {
             cluster_id: None,
             max_frame: 1 << 20,
             max_in_flight: 8,
+            limits: limits::Limits::new(16, None),
+            idle_timeout: std::time::Duration::from_secs(600),
             backends: Backends { clusters: Vec::new() },
             router: Arc::new(RouterCell::new(Router::new(&[], &["test".into()]))),
             producers: producers::ProducerIds::default(),
@@ -148,17 +157,28 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Res
                 continue;
             }
         };
+        let admitted = match gateway.limits.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(limit) => {
+                crate::telemetry::connection_refused(limit);
+                tracing::debug!(%peer, limit, "connection over the limit closed");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         match gateway.tls.clone() {
             None => {
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     let (rd, wr) = stream.into_split();
                     session::run(gateway, rd, wr, peer, Arc::from(routes::ANONYMOUS)).await;
                 });
             }
             Some(tls) => {
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     let handshake = tls.acceptor().accept(stream);
                     let stream = match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
                         Ok(Ok(s)) => s,

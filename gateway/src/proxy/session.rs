@@ -67,6 +67,11 @@ where
     let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut open = true;
     let lanes = Arc::new(super::fetch::Lanes::default());
+    // The idle deadline is re-armed lazily: activity only records the time,
+    // and a deadline that finds recent activity moves itself on.
+    let idle = tokio::time::sleep(gateway.idle_timeout);
+    tokio::pin!(idle);
+    let mut active = tokio::time::Instant::now();
     loop {
         // Handle every whole frame already read, as far as max_in_flight allows.
         while answers.len() < gateway.max_in_flight {
@@ -153,9 +158,20 @@ where
                     open = false;
                 } else {
                     telemetry::bytes_in(n);
+                    active = tokio::time::Instant::now();
                 }
             }
+            () = &mut idle, if answers.is_empty() => {
+                let due = active + gateway.idle_timeout;
+                if tokio::time::Instant::now() >= due {
+                    telemetry::idle_closed();
+                    tracing::debug!(idle = ?gateway.idle_timeout, "closing an idle client connection");
+                    return Ok(());
+                }
+                idle.as_mut().reset(due);
+            }
             Some(done) = answers.next(), if !answers.is_empty() => {
+                active = tokio::time::Instant::now();
                 write_answer(&mut wr, done).await?;
                 // Write every other answer that is ready, then flush once.
                 while let Some(Some(done)) = answers.next().now_or_never() {
