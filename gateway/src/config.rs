@@ -96,6 +96,12 @@ pub struct ClusterConfig {
     /// How often Causeway checks the cluster answers, in ms.
     #[serde(default = "default_health_interval")]
     pub health_interval_ms: u64,
+    /// TLS towards the cluster's brokers.
+    #[serde(default)]
+    pub tls: Option<crate::backend::secure::BackendTls>,
+    /// Causeway's SASL login to the cluster.
+    #[serde(default)]
+    pub sasl: Option<crate::backend::secure::BackendSasl>,
 }
 
 fn default_max_frame() -> usize {
@@ -180,6 +186,15 @@ impl Config {
             if let Some(sasl) = &mut config.gateway.sasl {
                 crate::sasl::resolve_paths(sasl, dir);
             }
+            for cluster in config.clusters.values_mut() {
+                if let Some(tls) = &mut cluster.tls {
+                    for path in [Some(&mut tls.ca), tls.cert.as_mut(), tls.key.as_mut()].into_iter().flatten() {
+                        if Path::new(path.as_str()).is_relative() {
+                            *path = dir.join(&*path).display().to_string();
+                        }
+                    }
+                }
+            }
             for p in &mut config.plugins {
                 if Path::new(&p.path).is_relative() {
                     p.path = dir.join(&p.path).display().to_string();
@@ -208,6 +223,8 @@ impl Config {
                 connect_timeout_ms: default_connect_timeout(),
                 max_frame_bytes: default_backend_max_frame(),
                 health_interval_ms: default_health_interval(),
+                tls: None,
+                sasl: None,
             },
         );
         Config {
@@ -355,6 +372,9 @@ impl Config {
         }
         for (name, cluster) in &self.clusters {
             let base = format!("clusters.{name}");
+            for p in crate::backend::secure::validate(cluster.tls.as_ref(), cluster.sasl.as_ref(), &base) {
+                problem(&p.field, p.message);
+            }
             if !valid_name(name) {
                 problem(
                     &base,

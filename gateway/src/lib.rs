@@ -40,7 +40,7 @@ pub async fn start(
     config_path: Option<std::path::PathBuf>,
 ) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
     let metrics = telemetry::install()?;
-    let backends = backend::Backends::from_config(&config);
+    let backends = backend::Backends::from_config(&config)?;
     backends.spawn_bootstrap();
 
     let listener = TcpListener::bind(&config.gateway.listen)

@@ -96,6 +96,14 @@ pub struct ScramCredential {
     pub server_key: Vec<u8>,
 }
 
+/// SCRAM's SaltedPassword: PBKDF2 of the password.
+fn salted_password(hash: Hash, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut salted = vec![0u8; hash.len()];
+    let rounds = std::num::NonZeroU32::new(iterations.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    pbkdf2::derive(hash.pbkdf2(), rounds, salt, password.as_bytes(), &mut salted);
+    salted
+}
+
 fn hmac_sign(hash: Hash, key: &[u8], data: &[u8]) -> Vec<u8> {
     hmac::sign(&hmac::Key::new(hash.hmac(), key), data).as_ref().to_vec()
 }
@@ -103,9 +111,7 @@ fn hmac_sign(hash: Hash, key: &[u8], data: &[u8]) -> Vec<u8> {
 impl ScramCredential {
     /// The keys for `password` with this salt and iteration count.
     pub fn derive(hash: Hash, password: &str, salt: &[u8], iterations: u32) -> Self {
-        let mut salted = vec![0u8; hash.len()];
-        let rounds = std::num::NonZeroU32::new(iterations.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-        pbkdf2::derive(hash.pbkdf2(), rounds, salt, password.as_bytes(), &mut salted);
+        let salted = salted_password(hash, password, salt, iterations);
         let client_key = hmac_sign(hash, &salted, b"Client Key");
         let stored_key = digest::digest(hash.digest(), &client_key).as_ref().to_vec();
         let server_key = hmac_sign(hash, &salted, b"Server Key");
@@ -558,6 +564,73 @@ impl Login {
     }
 }
 
+/// The client side of SCRAM, for logging in to a backend broker.
+#[derive(Debug)]
+pub struct ScramClient {
+    hash: Hash,
+    password: String,
+    client_first_bare: String,
+    nonce: String,
+}
+
+/// `,` and `=` in a SASL name, escaped.
+fn escape_saslname(s: &str) -> String {
+    s.replace('=', "=3D").replace(',', "=2C")
+}
+
+impl ScramClient {
+    /// The client-first message for `user`.
+    pub fn start(mechanism: Mechanism, user: &str, password: &str) -> Result<(Self, Vec<u8>), String> {
+        let hash = mechanism.scram().ok_or_else(|| format!("{} is not SCRAM", mechanism.name()))?;
+        let mut raw = [0u8; 18];
+        ring::rand::SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| "no randomness for a SCRAM nonce".to_string())?;
+        Ok(Self::start_with_nonce(hash, user, password, &B64.encode(raw)))
+    }
+
+    fn start_with_nonce(hash: Hash, user: &str, password: &str, nonce: &str) -> (Self, Vec<u8>) {
+        let client_first_bare = format!("n={},r={nonce}", escape_saslname(user));
+        let message = format!("n,,{client_first_bare}").into_bytes();
+        (Self { hash, password: password.to_string(), client_first_bare, nonce: nonce.to_string() }, message)
+    }
+
+    /// Reads the server-first message: the client-final message, and what the
+    /// server's final message must say.
+    pub fn proof(&self, server_first: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let text = std::str::from_utf8(server_first).map_err(|_| "SCRAM server-first is not UTF-8".to_string())?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            match attr.split_once('=') {
+                Some(("r", v)) => nonce = Some(v),
+                Some(("s", v)) => salt = B64.decode(v).ok(),
+                Some(("i", v)) => iterations = v.parse::<u32>().ok(),
+                Some(("e", v)) => return Err(format!("the broker refused the login: {v}")),
+                _ => {}
+            }
+        }
+        let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {
+            return Err("malformed SCRAM server-first message".into());
+        };
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err("the broker's SCRAM nonce does not extend ours".into());
+        }
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(format!("the broker asks for {iterations} SCRAM iterations"));
+        }
+        let salted = salted_password(self.hash, &self.password, &salt, iterations);
+        let client_key = hmac_sign(self.hash, &salted, b"Client Key");
+        let stored_key = digest::digest(self.hash.digest(), &client_key);
+        let server_key = hmac_sign(self.hash, &salted, b"Server Key");
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let signature = hmac_sign(self.hash, stored_key.as_ref(), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let expected = format!("v={}", B64.encode(hmac_sign(self.hash, &server_key, auth_message.as_bytes())));
+        Ok((format!("{without_proof},p={}", B64.encode(proof)).into_bytes(), expected.into_bytes()))
+    }
+}
+
 /// Relative credential file paths are taken from `dir`.
 pub fn resolve_paths(sasl: &mut SaslConfig, dir: &Path) {
     if Path::new(&sasl.credentials).is_relative() {
@@ -690,6 +763,39 @@ mod tests {
         assert!(login.handshake(&auth, "PLAIN"));
         assert!(matches!(login.authenticate(&auth, b"\0alice\0s3cret"), Step::Done(_, 60_000)));
         assert!(login.authenticated(Instant::now()));
+    }
+
+    /// RFC 7677's exchange from the client's side.
+    #[test]
+    fn the_client_side_computes_rfc7677s_proof() {
+        let (client, first) = ScramClient::start_with_nonce(Hash::Sha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(first, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO".to_vec());
+        let (last, expected) = client
+            .proof(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+            .expect("proof");
+        assert_eq!(
+            last,
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=".to_vec()
+        );
+        assert_eq!(expected, b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec());
+        assert!(client.proof(b"r=someone-else,s=AAAA,i=4096").is_err(), "a nonce not extending ours");
+        assert!(client.proof(b"r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=1").is_err(), "too few iterations");
+        assert!(client.proof(b"e=invalid-proof").is_err());
+    }
+
+    #[test]
+    fn our_client_logs_in_to_our_server() {
+        let auth = auth_with("svc,a=b", "pw");
+        for mechanism in [Mechanism::ScramSha256, Mechanism::ScramSha512] {
+            let mut login = Login::default();
+            assert!(login.handshake(&auth, mechanism.name()));
+            let (client, first) = ScramClient::start(mechanism, "svc,a=b", "pw").expect("start");
+            let Step::Continue(server_first) = login.authenticate(&auth, &first) else { panic!("first") };
+            let (last, expected) = client.proof(&server_first).expect("proof");
+            let Step::Done(server_final, _) = login.authenticate(&auth, &last) else { panic!("final") };
+            assert_eq!(server_final, expected);
+            assert_eq!(login.principal().as_deref(), Some("User:svc,a=b"));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod conn;
+pub mod secure;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -65,18 +66,21 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn from_config(config: &Config) -> Self {
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|(name, c)| {
-                let connector = Arc::new(transport::TcpConnector {
-                    timeout: Duration::from_millis(c.connect_timeout_ms),
-                });
-                Arc::new(Cluster::new(name.clone(), c.clone(), connector))
-            })
-            .collect();
-        Self { clusters }
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let mut clusters = Vec::new();
+        for (name, c) in &config.clusters {
+            let tcp: Arc<dyn transport::Connector> = Arc::new(transport::TcpConnector {
+                timeout: Duration::from_millis(c.connect_timeout_ms),
+            });
+            let connector = match secure::SecureConnector::new(tcp.clone(), c.tls.as_ref(), c.sasl.as_ref())
+                .map_err(|e| anyhow::anyhow!("clusters.{name}.{e}"))?
+            {
+                Some(secure) => Arc::new(secure) as Arc<dyn transport::Connector>,
+                None => tcp,
+            };
+            clusters.push(Arc::new(Cluster::new(name.clone(), c.clone(), connector)));
+        }
+        Ok(Self { clusters })
     }
 
     pub fn cluster(&self, index: usize) -> Option<&Arc<Cluster>> {

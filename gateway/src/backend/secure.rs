@@ -1,0 +1,286 @@
+//! TLS and SASL towards a backend cluster: `[clusters.NAME.tls]` and
+//! `[clusters.NAME.sasl]`. A [`SecureConnector`] wraps the TCP connector: it
+//! connects, completes the TLS handshake, logs in with SASL (PLAIN or SCRAM,
+//! as Causeway's own identity towards that cluster), and only then hands the
+//! stream to the connection layer, which never knows the difference.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use kafka_protocol::messages::{
+    RequestHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::transport::{Connector, Stream};
+use crate::config::Problem;
+use crate::sasl::{Mechanism, ScramClient};
+
+/// `[clusters.NAME.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// CA certificates (PEM) that sign the brokers' certificates.
+    pub ca: String,
+    /// Causeway's client certificate (PEM), when the brokers ask for one.
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name to verify the brokers' certificates against, instead of the
+    /// host of each broker's address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// `[clusters.NAME.sasl]`: Causeway's own login to the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSasl {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: String,
+    pub username: String,
+    /// The environment variable holding the password.
+    pub password_env: String,
+}
+
+fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, (&'static str, String)> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&tls.ca)
+        .map_err(|e| ("ca", format!("cannot read '{}': {e}", tls.ca)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ("ca", format!("'{}' is not PEM certificates: {e}", tls.ca)))?;
+    if certs.is_empty() {
+        return Err(("ca", format!("'{}' holds no certificate", tls.ca)));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| ("ca", format!("'{}': {e}", tls.ca)))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("ca", e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| ("cert", format!("cannot read '{cert}': {e}")))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ("cert", format!("'{cert}' is not PEM certificates: {e}")))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ("key", format!("cannot read a PEM private key from '{key}': {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ("key", format!("does not fit the certificate in '{cert}': {e}")))?
+        }
+        _ => return Err(("cert", "give both cert and key, or neither".into())),
+    };
+    Ok(Arc::new(config))
+}
+
+fn password(sasl: &BackendSasl) -> Result<String, String> {
+    match std::env::var(&sasl.password_env) {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => Err(format!("${} is not set or empty", sasl.password_env)),
+    }
+}
+
+/// Every problem with a cluster's `tls` and `sasl`, under `base`.
+pub fn validate(tls: Option<&BackendTls>, sasl: Option<&BackendSasl>, base: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(tls) = tls {
+        if let Err((field, message)) = client_config(tls) {
+            out.push(Problem { field: format!("{base}.tls.{field}"), message });
+        }
+        if let Some(name) = &tls.server_name {
+            if ServerName::try_from(name.clone()).is_err() {
+                out.push(Problem { field: format!("{base}.tls.server_name"), message: format!("'{name}' is not a DNS name or IP address") });
+            }
+        }
+    }
+    if let Some(sasl) = sasl {
+        if Mechanism::parse(&sasl.mechanism).is_none() {
+            out.push(Problem {
+                field: format!("{base}.sasl.mechanism"),
+                message: format!("'{}' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", sasl.mechanism),
+            });
+        }
+        if sasl.username.is_empty() {
+            out.push(Problem { field: format!("{base}.sasl.username"), message: "is empty".into() });
+        }
+        if let Err(e) = password(sasl) {
+            out.push(Problem { field: format!("{base}.sasl.password_env"), message: e });
+        }
+    }
+    out
+}
+
+/// The login Causeway performs on every new connection.
+#[derive(Clone)]
+struct Login {
+    mechanism: Mechanism,
+    username: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("mechanism", &self.mechanism).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Connects with TCP, then TLS and SASL as the cluster's config asks.
+pub struct SecureConnector {
+    inner: Arc<dyn Connector>,
+    tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+    login: Option<Login>,
+}
+
+impl SecureConnector {
+    /// `None` when the cluster asks for neither TLS nor SASL.
+    pub fn new(inner: Arc<dyn Connector>, tls: Option<&BackendTls>, sasl: Option<&BackendSasl>) -> anyhow::Result<Option<Self>> {
+        if tls.is_none() && sasl.is_none() {
+            return Ok(None);
+        }
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                let config = client_config(t).map_err(|(f, m)| anyhow::anyhow!("tls.{f}: {m}"))?;
+                let name = match &t.server_name {
+                    Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| anyhow::anyhow!("tls.server_name: {e}"))?),
+                    None => None,
+                };
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            }
+        };
+        let login = match sasl {
+            None => None,
+            Some(s) => Some(Login {
+                mechanism: Mechanism::parse(&s.mechanism).ok_or_else(|| anyhow::anyhow!("sasl.mechanism: '{}'", s.mechanism))?,
+                username: s.username.clone(),
+                password: password(s).map_err(|e| anyhow::anyhow!("sasl.password_env: {e}"))?,
+            }),
+        };
+        Ok(Some(Self { inner, tls, login }))
+    }
+}
+
+fn io_error(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, message)
+}
+
+impl Connector for SecureConnector {
+    fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn Stream>>> {
+        let tcp = self.inner.connect(addr.clone());
+        let tls = self.tls.clone();
+        let login = self.login.clone();
+        Box::pin(async move {
+            let mut stream = tcp.await?;
+            if let Some((connector, name)) = tls {
+                let name = match name {
+                    Some(n) => n,
+                    None => {
+                        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        ServerName::try_from(host.to_string())
+                            .map_err(|e| io_error(format!("'{host}' cannot be checked against a certificate: {e}")))?
+                    }
+                };
+                stream = Box::new(
+                    connector
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| io::Error::new(e.kind(), format!("TLS to {addr}: {e}")))?,
+                );
+            }
+            if let Some(login) = login {
+                sasl_login(&mut stream, &login)
+                    .await
+                    .map_err(|e| io_error(format!("SASL {} login to {addr} as {}: {e}", login.mechanism.name(), login.username)))?;
+            }
+            Ok(stream)
+        })
+    }
+}
+
+/// Largest SASL answer read from a broker.
+const MAX_SASL_FRAME: usize = 64 * 1024;
+
+/// One request on the raw stream, and its answer's body.
+async fn exchange<Req: Encodable, Resp: Decodable>(
+    stream: &mut Box<dyn Stream>,
+    api_key: i16,
+    version: i16,
+    correlation_id: i32,
+    body: &Req,
+) -> Result<Resp, String> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("causeway")));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, 1).map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    let len = i32::try_from(buf.len() - 4).map_err(|_| "request too large".to_string())?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&buf).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let len = stream.read_i32().await.map_err(|e| format!("the broker closed the connection ({e})"))?;
+    let len = usize::try_from(len).ok().filter(|&l| (4..=MAX_SASL_FRAME).contains(&l)).ok_or_else(|| format!("answer length {len}"))?;
+    let mut frame = vec![0u8; len];
+    stream.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
+    let mut frame = Bytes::from(frame);
+    if frame.get_i32() != correlation_id {
+        return Err("an answer to another request".into());
+    }
+    Resp::decode(&mut frame, version).map_err(|e| format!("cannot read the answer: {e}"))
+}
+
+const HANDSHAKE: i16 = 17;
+const AUTHENTICATE: i16 = 36;
+
+async fn authenticate(stream: &mut Box<dyn Stream>, id: i32, token: Vec<u8>) -> Result<Vec<u8>, String> {
+    let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
+    let resp: SaslAuthenticateResponse = exchange(stream, AUTHENTICATE, 1, id, &req).await?;
+    if resp.error_code != 0 {
+        let why = resp.error_message.map(|m| m.to_string()).unwrap_or_default();
+        return Err(format!("refused (error {}): {why}", resp.error_code));
+    }
+    Ok(resp.auth_bytes.to_vec())
+}
+
+/// SaslHandshake v1, then SaslAuthenticate until logged in.
+async fn sasl_login(stream: &mut Box<dyn Stream>, login: &Login) -> Result<(), String> {
+    let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(login.mechanism.name()));
+    let resp: SaslHandshakeResponse = exchange(stream, HANDSHAKE, 1, 1, &req).await?;
+    if resp.error_code != 0 {
+        let offered: Vec<String> = resp.mechanisms.iter().map(|m| m.to_string()).collect();
+        return Err(format!("mechanism not offered (error {}); the broker offers {offered:?}", resp.error_code));
+    }
+    match login.mechanism {
+        Mechanism::Plain => {
+            let token = format!("\0{}\0{}", login.username, login.password).into_bytes();
+            authenticate(stream, 2, token).await?;
+        }
+        scram => {
+            let (client, first) = ScramClient::start(scram, &login.username, &login.password)?;
+            let server_first = authenticate(stream, 2, first).await?;
+            let (last, expected) = client.proof(&server_first)?;
+            let server_final = authenticate(stream, 3, last).await?;
+            if server_final != expected {
+                return Err("the broker's SCRAM signature is wrong: it does not know our password".into());
+            }
+        }
+    }
+    Ok(())
+}
