@@ -159,6 +159,12 @@ def test_wrong_credentials_are_refused_and_nothing_lands(broker, creds):
         assert "alice-secret" not in out and "wrong" not in out.replace("wrong_", ""), "no password in the log"
         # A client without SASL at all: its first non-ApiVersions request closes the connection.
         assert raw_metadata_is_refused(gw.addr)
+        # Before a login, a frame larger than 512 KiB is refused on its length alone.
+        host, port = gw.addr.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(struct.pack(">i", 1 << 20) + b"\0" * 64)
+            s.settimeout(5)
+            assert s.recv(4) == b"", "a 1 MiB frame before login closes the connection"
         assert deliver(gw.addr, "sasl.locked", [b"ok"], login("SCRAM-SHA-512", "alice", "alice-secret")) == [None]
     finally:
         gw.close()

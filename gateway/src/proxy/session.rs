@@ -24,6 +24,10 @@ use crate::backend::SessionConns;
 use crate::codec::{self, CodecError, Request};
 use crate::telemetry;
 
+/// Largest frame read before a SASL login (Kafka's default
+/// sasl.server.max.receive.size).
+const PRE_LOGIN_MAX_FRAME: usize = 512 * 1024;
+
 /// The answer to one request: the bytes after the correlation id.
 pub type Answer = BoxFuture<'static, Result<Bytes, ProxyError>>;
 
@@ -75,7 +79,14 @@ where
     loop {
         // Handle every whole frame already read, as far as max_in_flight allows.
         while answers.len() < gateway.max_in_flight {
-            let frame = match codec::split_frame(&mut buf, gateway.max_frame) {
+            // Before a login, frames are SASL-sized, as Kafka's
+            // sasl.server.max.receive.size keeps them.
+            let max_frame = if gateway.sasl.is_some() && !login.authenticated(Instant::now()) {
+                gateway.max_frame.min(PRE_LOGIN_MAX_FRAME)
+            } else {
+                gateway.max_frame
+            };
+            let frame = match codec::split_frame(&mut buf, max_frame) {
                 Ok(Some(frame)) => frame.freeze(),
                 Ok(None) => break,
                 Err(e) => {
@@ -137,6 +148,11 @@ where
         let room = open && answers.len() < gateway.max_in_flight;
         if room {
             if let Some(need) = codec::pending_frame_len(&buf, gateway.max_frame) {
+                let need = if gateway.sasl.is_some() && !login.authenticated(Instant::now()) {
+                    need.min(PRE_LOGIN_MAX_FRAME)
+                } else {
+                    need
+                };
                 // Grow with what the client has actually sent (at most doubling),
                 // so a declared length alone never reserves memory.
                 let step = buf.capacity().max(64 * 1024);
