@@ -370,16 +370,38 @@ def make_ca(dir: Path, name: str) -> tuple[Path, Path]:
     return dir / f"{name}.pem", dir / f"{name}-key.pem"
 
 
-def make_cert(dir: Path, name: str, subject: str, ca: str, server: bool = False) -> tuple[Path, Path]:
+def make_cert(dir: Path, name: str, subject: str, ca: str, server: bool = False,
+              expired: bool = False, utf8_strings: str | None = None) -> tuple[Path, Path]:
     """A certificate signed by CA `ca` (made by make_ca in `dir`): (name.pem, name-key.pem).
-    A server certificate is for 127.0.0.1 and localhost."""
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", subject, cwd=dir)
+    A server certificate is for 127.0.0.1 and localhost. `expired`: valid only
+    in 2020. `utf8_strings`: OpenSSL's string_mask for the subject, read as
+    UTF-8 ("default" picks BMPString for characters beyond Latin-1)."""
+    req = ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+           "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", subject]
+    if utf8_strings:
+        cnf = dir / f"{name}-req.cnf"
+        cnf.write_text(f"[req]\ndistinguished_name=dn\nstring_mask={utf8_strings}\n[dn]\n")
+        req += ["-config", cnf.name, "-utf8"]
+    openssl(*req, cwd=dir)
     ext = dir / f"{name}.ext"
     if server:
         ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
     else:
         ext.write_text("extendedKeyUsage=clientAuth\n")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile", ext.name, cwd=dir)
+    if expired:
+        # `openssl x509` cannot back-date; `openssl ca` can.
+        db = dir / f"{name}-ca"
+        db.mkdir()
+        (db / "index.txt").write_text("")
+        cnf = db / "ca.cnf"
+        cnf.write_text(
+            "[ca]\ndefault_ca=d\n[d]\n"
+            f"database={db}/index.txt\nnew_certs_dir={db}\nrand_serial=yes\n"
+            "default_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n")
+        openssl("ca", "-batch", "-config", str(cnf), "-cert", f"{ca}.pem", "-keyfile", f"{ca}-key.pem",
+                "-in", f"{name}.csr", "-out", f"{name}.pem", "-notext", "-preserveDN",
+                "-startdate", "20200101000000Z", "-enddate", "20200201000000Z", "-extfile", ext.name, cwd=dir)
+    else:
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile", ext.name, cwd=dir)
     return dir / f"{name}.pem", dir / f"{name}-key.pem"

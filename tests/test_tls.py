@@ -28,6 +28,12 @@ def pki(tmp_path_factory):
     make_cert(d, "globex", "/O=Causeway Tests/CN=tenant-globex", "ca")
     make_ca(d, "rogue-ca")
     make_cert(d, "rogue", "/O=Causeway Tests/CN=tenant-acme", "rogue-ca")
+    make_cert(d, "expired", "/O=Causeway Tests/CN=tenant-acme", "ca", expired=True)
+    # The same subject as globex's, written as BMPString (UTF-16) as some
+    # Windows CAs do: it must name the same principal.
+    make_cert(d, "globex-bmp", "/O=Causeway Tests/CN=tenant-globex", "ca", utf8_strings="MASK:0x800")
+    # Trusted, but with no subject at all: there is no principal to name.
+    make_cert(d, "nameless", "/", "ca")
     return d
 
 
@@ -157,14 +163,20 @@ def test_mutual_tls_names_the_principal_a_router_isolates_by(broker, pki):
         assert [v for _, _, v, _ in read_partition(broker.addr, "acme.ledger", 0)] == [b"acme-1"]
         assert [v for _, _, v, _ in read_partition(broker.addr, "globex.ledger", 0)] == [b"globex-1"]
         assert read(gw.addr, "ledger", ssl_conf(pki, "globex")) == [(0, b"globex-1")]
+        assert read(gw.addr, "ledger", ssl_conf(pki, "globex-bmp")) == [(0, b"globex-1")]
 
         before = gw.metrics().get('causeway_client_tls_handshake_failures_total{reason="refused"}', 0)
-        # No certificate, or one from a CA the gateway does not trust: refused.
-        for conf in (ssl_conf(pki), ssl_conf(pki, "rogue")):
+        # No certificate, one from a CA the gateway does not trust, or one
+        # that expired: refused.
+        for conf in (ssl_conf(pki), ssl_conf(pki, "rogue"), ssl_conf(pki, "expired")):
             errors = deliver(gw.addr, "ledger", [b"intruder"], conf, timeout_ms=3000)
             assert errors[0] is not None, conf
+        assert gw.metrics()['causeway_client_tls_handshake_failures_total{reason="refused"}'] >= before + 3
+        # A trusted certificate without a subject is not taken as anonymous.
+        errors = deliver(gw.addr, "ledger", [b"nameless"], ssl_conf(pki, "nameless"), timeout_ms=3000)
+        assert errors[0] is not None
+        assert gw.metrics()['causeway_client_tls_handshake_failures_total{reason="no_principal"}'] >= 1
         assert [v for _, _, v, _ in read_partition(broker.addr, "acme.ledger", 0)] == [b"acme-1"]
-        assert gw.metrics()['causeway_client_tls_handshake_failures_total{reason="refused"}'] >= before + 2
     finally:
         gw.close()
 

@@ -242,13 +242,43 @@ pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
             .iter()
             .find(|(o, _)| *o == oid)
             .map_or_else(|| oid.to_id_string(), |(_, n)| n.to_string());
-            let value = atv.as_str().ok()?;
-            parts.push(format!("{name}={}", escape_dn_value(value)));
+            parts.push(format!("{name}={}", dn_value(atv.attr_value())));
         }
         rdns.push(parts.join("+"));
     }
     rdns.reverse();
     (!rdns.is_empty()).then(|| format!("User:{}", rdns.join(",")))
+}
+
+/// A DN attribute value as RFC 2253 writes it: strings decoded (UTF-8,
+/// Latin-1 for Teletex, UTF-16 for BMP, UTF-32 for Universal) and escaped;
+/// anything else as `#` and the hex of its DER encoding.
+fn dn_value(value: &x509_parser::der_parser::asn1_rs::Any<'_>) -> String {
+    use x509_parser::der_parser::asn1_rs::{Tag, ToDer};
+    let data = value.data;
+    let text = match value.tag() {
+        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::NumericString | Tag::VisibleString => {
+            std::str::from_utf8(data).ok().map(str::to_owned)
+        }
+        Tag::T61String => Some(data.iter().map(|&b| char::from(b)).collect()),
+        Tag::BmpString if data.len() % 2 == 0 => {
+            let units: Vec<u16> = data.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            String::from_utf16(&units).ok()
+        }
+        Tag::UniversalString if data.len() % 4 == 0 => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    };
+    match text {
+        Some(text) => escape_dn_value(&text),
+        None => {
+            let der = value.to_der_vec().unwrap_or_else(|_| data.to_vec());
+            let hex: String = der.iter().map(|b| format!("{b:02X}")).collect();
+            format!("#{hex}")
+        }
+    }
 }
 
 /// A DN attribute value escaped as RFC 2253 asks.
@@ -277,6 +307,19 @@ mod tests {
         assert_eq!(escape_dn_value("Acme, Inc."), "Acme\\, Inc.");
         assert_eq!(escape_dn_value(" a+b "), "\\ a\\+b\\ ");
         assert_eq!(escape_dn_value("#1"), "\\#1");
+    }
+
+    #[test]
+    fn every_string_type_of_a_dn_is_decoded() {
+        use x509_parser::der_parser::asn1_rs::{Any, Tag};
+        let value = |tag, data: &'static [u8]| dn_value(&Any::from_tag_and_data(tag, data));
+        assert_eq!(value(Tag::Utf8String, "Zoë, Ltd".as_bytes()), "Zoë\\, Ltd");
+        assert_eq!(value(Tag::BmpString, &[0, b'b', 0, b'o', 0, b'b']), "bob");
+        assert_eq!(value(Tag::UniversalString, &[0, 0, 0, b'e', 0, 0, 0, b'v', 0, 0, 0, b'e']), "eve");
+        assert_eq!(value(Tag::T61String, &[b'Z', 0xE9]), "Zé");
+        // Not a string: the DER encoding in hex, never a silent loss.
+        assert_eq!(value(Tag::OctetString, &[1, 2]), "#04020102");
+        assert_eq!(value(Tag::BmpString, &[0]), "#1E0100");
     }
 
     #[test]

@@ -193,13 +193,19 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Res
                             return;
                         }
                     };
-                    let principal = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(crate::tls::principal_of)
-                        .unwrap_or_else(|| routes::ANONYMOUS.to_string());
+                    let principal = match stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()) {
+                        None => routes::ANONYMOUS.to_string(),
+                        Some(cert) => match crate::tls::principal_of(cert) {
+                            Some(principal) => principal,
+                            None => {
+                                // A certificate the gateway trusts but cannot
+                                // name is refused, never taken as anonymous.
+                                crate::telemetry::tls_handshake_failed("no_principal");
+                                tracing::warn!(%peer, "client certificate has no usable subject; connection closed");
+                                return;
+                            }
+                        },
+                    };
                     tracing::debug!(%peer, %principal, "TLS client connected");
                     let (rd, wr) = tokio::io::split(stream);
                     session::run(gateway, rd, wr, peer, Arc::from(principal)).await;
