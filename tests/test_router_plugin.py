@@ -177,6 +177,37 @@ def test_a_router_answering_nonsense_fails_closed(clusters):
         gw.close()
 
 
+def test_a_tenant_cannot_make_the_router_back_off_for_others(clusters):
+    """Names a tenant picks that Kafka refuses (a space, or one the tenant
+    prefix makes too long) are the client's fault: refused for that client,
+    never counted against the plugin. Otherwise a few bad requests would back
+    the router off, and with on_error = "pass" send every tenant to the
+    unprefixed topics."""
+    shared, _ = clusters
+    config = clusters_config({"shared": shared.addr}, [{"topics": "*", "cluster": "shared"}])
+    gw = Gateway(config=config + plugins_toml([tenant_router({"cluster": "shared", "match": "client-id"},
+                                                             on_error="pass")]))
+    try:
+        gw.wait_ready()
+        too_long = "x" * 245  # legal, but "acme." + it is 250 characters
+        p = Producer({"bootstrap.servers": gw.addr, "client.id": "tenant-acme-app", "linger.ms": 0,
+                      "message.timeout.ms": 3000})
+        errors = []
+        for topic in [too_long, "a b", too_long + "y", "bad topic"] * 2:
+            p.produce(topic, value=b"spam", on_delivery=lambda e, m: errors.append(e))
+        p.flush(15)
+        assert len(errors) == 8 and all(e is not None for e in errors), errors
+        assert gw.metrics().get('causeway_plugin_failures_total{plugin="tenants"}', 0) == 0
+        assert too_long not in list_topics(shared.addr)
+
+        # Other tenants are still routed by the plugin, into their namespace.
+        assert deliver_as(gw.addr, "tenant-globex-app", "payments", [b"globex-1"]) == [None]
+        assert values(read_partition(shared.addr, "globex.payments", 0)) == [b"globex-1"]
+        assert "payments" not in list_topics(shared.addr)
+    finally:
+        gw.close()
+
+
 def test_router_config_mistakes_are_reported_by_check(tmp_path):
     from rig import causeway_check
 

@@ -8,6 +8,7 @@
 //! tenant router never lets a tenant reach another's topics; with `"pass"` the
 //! gateway's own routes decide.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -80,25 +81,36 @@ pub enum Shown {
 struct Cached<T> {
     answer: T,
     until: Instant,
+    /// The plugin generation that gave the answer.
+    generation: u64,
 }
 
-/// Answers with a TTL, keyed by one string.
+/// Answers with a TTL, keyed by a digest of who asked about what.
 struct Cache<T> {
-    entries: DashMap<Box<str>, Cached<T>>,
+    entries: DashMap<Key, Cached<T>>,
+    /// Bumped by `clear`: an answer from an older generation (a call that
+    /// was under way during a reload) is never served.
+    generation: AtomicU64,
 }
 
 impl<T: Clone> Cache<T> {
     fn new() -> Self {
-        Self { entries: DashMap::new() }
+        Self { entries: DashMap::new(), generation: AtomicU64::new(0) }
     }
 
-    fn get(&self, key: &str) -> Option<T> {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn get(&self, key: &Key) -> Option<T> {
         let hit = self.entries.get(key)?;
-        (Instant::now() < hit.until).then(|| hit.answer.clone())
+        (Instant::now() < hit.until && hit.generation == self.generation()).then(|| hit.answer.clone())
     }
 
-    fn put(&self, key: Box<str>, answer: T, ttl_ms: u32) {
-        if ttl_ms == 0 {
+    /// Keeps `answer`, given by the plugin generation `generation` (read
+    /// before the call), for `ttl_ms`.
+    fn put(&self, key: Key, answer: T, ttl_ms: u32, generation: u64) {
+        if ttl_ms == 0 || generation != self.generation() {
             return;
         }
         if self.entries.len() >= MAX_CACHED {
@@ -109,10 +121,11 @@ impl<T: Clone> Cache<T> {
             }
         }
         let until = Instant::now() + Duration::from_millis(u64::from(ttl_ms));
-        self.entries.insert(key, Cached { answer, until });
+        self.entries.insert(key, Cached { answer, until, generation });
     }
 
     fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
     }
 }
@@ -137,11 +150,21 @@ impl std::fmt::Debug for RouterPlugin {
     }
 }
 
-/// The key of a cached answer: who asked, and about what. Lengths go first,
-/// so no choice of names (client ids may hold any character) makes two
-/// askers share a key.
-fn key(principal: &str, client_id: &str, what: &str) -> Box<str> {
-    format!("{}:{principal}{}:{client_id}{what}", principal.len(), client_id.len()).into_boxed_str()
+/// The key of a cached answer: a SHA-256 of who asked and about what, so a
+/// long client id costs the cache no more than a short one. Lengths go
+/// first, so no choice of names (client ids may hold any character) makes
+/// two askers share a key.
+type Key = [u8; 32];
+
+fn key(principal: &str, client_id: &str, what: &[&str]) -> Key {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [principal, client_id].iter().chain(what) {
+        digest.update(&(part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    let mut key = [0; 32];
+    key.copy_from_slice(digest.finish().as_ref());
+    key
 }
 
 /// Whether Kafka accepts `name` as a topic name.
@@ -201,17 +224,28 @@ impl RouterPlugin {
     }
 
     /// Where `topic`, as this client names it, lives.
+    ///
+    /// Only the plugin's own faults (a trap, a timeout, an unknown cluster)
+    /// count against it. A name the client chose that Kafka would refuse
+    /// never reaches the plugin, and a legal name the plugin maps to an
+    /// illegal one (a prefix making it too long) is unroutable for that
+    /// client alone, whatever `on_error` says: no client can make the router
+    /// back off for everyone, or fall back to the routes.
     pub fn route(&self, topic: &str, principal: &str, client_id: &str) -> Route {
         if !self.in_scope(topic, principal) {
             return Route::Routes;
         }
-        let key = key(principal, client_id, topic);
+        if !legal_topic(topic) {
+            return Route::Unroutable;
+        }
+        let key = key(principal, client_id, &[topic]);
         if let Some(hit) = self.routes.get(&key) {
             return hit;
         }
         if self.sandbox.backed_off() {
             return self.on_failure();
         }
+        let generation = self.routes.generation();
         let answer = self
             .sandbox
             .call(|b, store| b.call_route(store, topic, principal, client_id))
@@ -222,7 +256,8 @@ impl RouterPlugin {
                         return Err(format!("routed '{topic}' to '{}', which is not a cluster of this gateway", d.cluster));
                     };
                     if !legal_topic(&d.topic) {
-                        return Err(format!("routed '{topic}' to {:?}, which is not a legal topic name", d.topic));
+                        tracing::debug!(plugin = %self.sandbox.name, topic, to = ?d.topic, "routed to an illegal topic name");
+                        return Ok((Route::Unroutable, d.ttl_ms));
                     }
                     Ok((Route::To(ci, d.topic), d.ttl_ms))
                 }
@@ -233,7 +268,7 @@ impl RouterPlugin {
                 // "The gateway's routes decide" is kept as long as a
                 // destination would be: a minute.
                 let ttl = if ttl == u32::MAX { 60_000 } else { ttl };
-                self.routes.put(key, route.clone(), ttl);
+                self.routes.put(key, route.clone(), ttl, generation);
                 route
             }
             Err(why) => {
@@ -247,8 +282,8 @@ impl RouterPlugin {
     /// client, as the plugin says (one call for every answer not cached).
     pub fn client_names(&self, ci: usize, topics: &[&str], principal: &str, client_id: &str) -> Vec<Shown> {
         let cluster = self.clusters.get(ci).map_or("", String::as_str);
-        let prefix = format!("{}:{cluster}", cluster.len());
-        let keys: Vec<Box<str>> = topics.iter().map(|t| key(principal, client_id, &format!("{prefix}{t}"))).collect();
+        let keys: Vec<Key> = topics.iter().map(|t| key(principal, client_id, &[cluster, t])).collect();
+        let generation = self.names.generation();
         let mut out: Vec<Option<Shown>> = keys.iter().map(|k| self.names.get(k)).collect();
         let missing: Vec<usize> = (0..topics.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
@@ -277,7 +312,7 @@ impl RouterPlugin {
                             ShownAs::Name(n) => Shown::Name(n),
                             ShownAs::Hidden => Shown::Hidden,
                         };
-                        self.names.put(keys[i].clone(), shown.clone(), listing.ttl_ms);
+                        self.names.put(keys[i], shown.clone(), listing.ttl_ms, generation);
                         out[i] = Some(shown);
                     }
                 }
@@ -309,22 +344,37 @@ mod tests {
     #[test]
     fn cache_keeps_answers_for_their_ttl_only() {
         let cache: Cache<Route> = Cache::new();
-        cache.put(key("p", "c", "t"), Route::Routes, 60_000);
-        cache.put(key("p", "c", "gone"), Route::Routes, 0);
-        assert_eq!(cache.get(&key("p", "c", "t")), Some(Route::Routes));
-        assert_eq!(cache.get(&key("p", "c", "gone")), None, "ttl 0 is never kept");
-        assert_eq!(cache.get(&key("p", "x", "t")), None, "another client id is another answer");
+        cache.put(key("p", "c", &["t"]), Route::Routes, 60_000, 0);
+        cache.put(key("p", "c", &["gone"]), Route::Routes, 0, 0);
+        assert_eq!(cache.get(&key("p", "c", &["t"])), Some(Route::Routes));
+        assert_eq!(cache.get(&key("p", "c", &["gone"])), None, "ttl 0 is never kept");
+        assert_eq!(cache.get(&key("p", "x", &["t"])), None, "another client id is another answer");
         // Whatever the client id holds, it cannot pose as another asker.
-        assert_ne!(key("ab", "c", "t"), key("a", "bc", "t"));
-        assert_ne!(key("p", "c1:x", "t"), key("p", "c", "1:xt"));
-        assert_ne!(key("p", "a\0b", "t"), key("p", "a", "\0bt"));
+        assert_ne!(key("ab", "c", &["t"]), key("a", "bc", &["t"]));
+        assert_ne!(key("p", "c1:x", &["t"]), key("p", "c", &["1:xt"]));
+        assert_ne!(key("p", "a\0b", &["t"]), key("p", "a", &["\0bt"]));
+        assert_ne!(key("p", "c", &["ab", "t"]), key("p", "c", &["a", "bt"]));
+    }
+
+    #[test]
+    fn an_answer_from_before_a_reload_is_never_served() {
+        let cache: Cache<Route> = Cache::new();
+        let k = key("p", "c", &["t"]);
+        cache.put(k, Route::To(0, "old".into()), 60_000, cache.generation());
+        // A call starts, the plugin is reloaded, then the call answers.
+        let started = cache.generation();
+        cache.clear();
+        cache.put(k, Route::To(0, "stale".into()), 60_000, started);
+        assert_eq!(cache.get(&k), None);
+        cache.put(k, Route::To(0, "new".into()), 60_000, cache.generation());
+        assert_eq!(cache.get(&k), Some(Route::To(0, "new".into())));
     }
 
     #[test]
     fn cache_stays_bounded() {
         let cache: Cache<Route> = Cache::new();
         for i in 0..MAX_CACHED + 10 {
-            cache.put(key("p", "c", &i.to_string()), Route::Unroutable, 60_000);
+            cache.put(key("p", "c", &[&i.to_string()]), Route::Unroutable, 60_000, 0);
         }
         assert!(cache.entries.len() <= MAX_CACHED);
     }
