@@ -88,13 +88,24 @@ pub const MIN_ITERATIONS: u32 = 4096;
 pub const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// One user's SCRAM keys for one hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScramCredential {
     pub salt: Vec<u8>,
     pub iterations: u32,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
 }
+
+/// Keys stay out of logs and panics.
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential").field("iterations", &self.iterations).finish_non_exhaustive()
+    }
+}
+
+/// The iterations an unknown user is shown when no credential says otherwise:
+/// what `causeway sasl-user` writes.
+pub const DEFAULT_ITERATIONS: u32 = 8192;
 
 /// SCRAM's SaltedPassword: PBKDF2 of the password.
 fn salted_password(hash: Hash, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
@@ -186,6 +197,14 @@ pub struct SaslConfig {
     /// or it is closed at its next request; 0: never.
     #[serde(default)]
     pub session_lifetime_ms: u64,
+    /// A connection that has not logged in this long after it opened is
+    /// closed, whatever it sends meanwhile.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout_ms: u64,
+}
+
+fn default_login_timeout() -> u64 {
+    30_000
 }
 
 fn default_mechanisms() -> Vec<String> {
@@ -213,11 +232,49 @@ struct CredentialsFile {
 }
 
 /// Who may log in, and how.
-#[derive(Debug)]
 pub struct Authenticator {
     mechanisms: Vec<Mechanism>,
     users: BTreeMap<String, BTreeMap<Hash, ScramCredential>>,
     lifetime: Option<Duration>,
+    login_timeout: Duration,
+    /// Makes the salts unknown users are shown: the same for a name every
+    /// time, but not computable from outside, so they do not give the name
+    /// away as unknown.
+    decoy: hmac::Key,
+    /// Per hash, the iteration count most users have, which unknown users
+    /// are shown too.
+    decoy_iterations: BTreeMap<Hash, u32>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mechanisms", &self.mechanisms)
+            .field("users", &self.users.len())
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random key for decoy salts.
+fn decoy_key() -> Result<hmac::Key, String> {
+    hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).map_err(|_| "no randomness for a key".into())
+}
+
+/// The iteration count most of `users`' credentials for each hash have.
+fn usual_iterations(users: &BTreeMap<String, BTreeMap<Hash, ScramCredential>>) -> BTreeMap<Hash, u32> {
+    let mut counts: BTreeMap<(Hash, u32), usize> = BTreeMap::new();
+    for (&hash, c) in users.values().flatten() {
+        *counts.entry((hash, c.iterations)).or_default() += 1;
+    }
+    let mut out: BTreeMap<Hash, (u32, usize)> = BTreeMap::new();
+    for ((hash, iterations), n) in counts {
+        let best = out.entry(hash).or_insert((iterations, n));
+        if n > best.1 {
+            *best = (iterations, n);
+        }
+    }
+    out.into_iter().map(|(h, (i, _))| (h, i)).collect()
 }
 
 impl Authenticator {
@@ -238,6 +295,9 @@ impl Authenticator {
         }
         if config.mechanisms.is_empty() {
             problem("gateway.sasl.mechanisms".into(), "is empty; offer at least one mechanism".into());
+        }
+        if config.login_timeout_ms == 0 {
+            problem("gateway.sasl.login_timeout_ms".into(), "is 0; give clients time to log in (default 30000)".into());
         }
         let text = match std::fs::read_to_string(&config.credentials) {
             Ok(t) => t,
@@ -289,13 +349,18 @@ impl Authenticator {
             }
             users.insert(name, creds);
         }
+        let decoy = decoy_key().map_err(|e| problem("gateway.sasl".into(), e));
         if !problems.is_empty() {
             return Err(problems);
         }
+        let Ok(decoy) = decoy else { return Err(problems) };
         Ok(Self {
             mechanisms,
+            decoy_iterations: usual_iterations(&users),
             users,
             lifetime: (config.session_lifetime_ms > 0).then(|| Duration::from_millis(config.session_lifetime_ms)),
+            login_timeout: Duration::from_millis(config.login_timeout_ms),
+            decoy,
         })
     }
 
@@ -306,11 +371,22 @@ impl Authenticator {
             .into_iter()
             .map(|h| (h, ScramCredential::derive(h, password, b"fixed-salt-for-tests", MIN_ITERATIONS)))
             .collect();
+        let users = BTreeMap::from([(user.to_string(), creds)]);
         Self {
             mechanisms: vec![Mechanism::ScramSha512, Mechanism::ScramSha256, Mechanism::Plain],
-            users: BTreeMap::from([(user.to_string(), creds)]),
+            decoy_iterations: usual_iterations(&users),
+            users,
             lifetime: None,
+            login_timeout: Duration::from_secs(30),
+            decoy: hmac::Key::new(hmac::HMAC_SHA256, b"decoy-key-for-tests"),
         }
+    }
+
+    /// The salt and iterations an unknown user is shown for `hash`.
+    fn decoy(&self, user: &str, hash: Hash) -> (Vec<u8>, u32) {
+        let tag = hmac::sign(&self.decoy, format!("{hash:?}\0{user}").as_bytes());
+        let iterations = self.decoy_iterations.get(&hash).copied().unwrap_or(DEFAULT_ITERATIONS);
+        (tag.as_ref()[..24].to_vec(), iterations)
     }
 
     pub fn mechanisms(&self) -> &[Mechanism] {
@@ -324,6 +400,11 @@ impl Authenticator {
     /// How long an authentication lasts (KIP-368); `None`: for ever.
     pub fn lifetime(&self) -> Option<Duration> {
         self.lifetime
+    }
+
+    /// How long a new connection has to log in.
+    pub fn login_timeout(&self) -> Duration {
+        self.login_timeout
     }
 
     fn credential(&self, user: &str, hash: Hash) -> Option<&ScramCredential> {
@@ -341,10 +422,16 @@ impl Authenticator {
         if !authzid.is_empty() && authzid != user {
             return Err("PLAIN: acting as another user is not allowed".into());
         }
-        let ok = [Hash::Sha512, Hash::Sha256]
-            .into_iter()
-            .find_map(|h| self.credential(user, h).map(|c| c.accepts(h, password)))
-            .unwrap_or(false);
+        let ok = match [Hash::Sha512, Hash::Sha256].into_iter().find_map(|h| Some((h, self.credential(user, h)?))) {
+            Some((h, c)) => c.accepts(h, password),
+            None => {
+                // As long as a known user's check takes, so the time does not
+                // tell an unknown user from a wrong password.
+                let (salt, iterations) = self.decoy(user, Hash::Sha512);
+                let _ = salted_password(Hash::Sha512, password, &salt, iterations);
+                false
+            }
+        };
         if ok {
             Ok(user.to_string())
         } else {
@@ -425,7 +512,7 @@ impl ScramServer {
         // wrong password does.
         let (salt, iterations) = match &credential {
             Some(c) => (c.salt.clone(), c.iterations),
-            None => (digest::digest(&digest::SHA256, user.as_bytes()).as_ref()[..24].to_vec(), MIN_ITERATIONS),
+            None => auth.decoy(&user, hash),
         };
         let nonce = format!("{client_nonce}{server_nonce}");
         let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
@@ -509,6 +596,11 @@ impl Login {
         self.user.is_some() && self.expires.is_none_or(|t| now < t)
     }
 
+    /// Whether the connection logged in at least once.
+    pub fn logged_in(&self) -> bool {
+        self.user.is_some()
+    }
+
     /// Whether an authentication ran out (the connection must close).
     pub fn expired(&self, now: Instant) -> bool {
         self.user.is_some() && self.expires.is_some_and(|t| now >= t)
@@ -565,12 +657,18 @@ impl Login {
 }
 
 /// The client side of SCRAM, for logging in to a backend broker.
-#[derive(Debug)]
 pub struct ScramClient {
     hash: Hash,
     password: String,
     client_first_bare: String,
     nonce: String,
+}
+
+/// The password stays out of logs and panics.
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramClient").field("hash", &self.hash).finish_non_exhaustive()
+    }
 }
 
 /// `,` and `=` in a SASL name, escaped.
@@ -663,12 +761,16 @@ mod tests {
     fn auth_with(user: &str, password: &str) -> Authenticator {
         let mut creds = BTreeMap::new();
         for hash in [Hash::Sha256, Hash::Sha512] {
-            creds.insert(hash, ScramCredential::derive(hash, password, b"salt-for-tests", 4096));
+            creds.insert(hash, ScramCredential::derive(hash, password, b"24-bytes-of-salt-4-tests", 4096));
         }
+        let users = BTreeMap::from([(user.to_string(), creds)]);
         Authenticator {
             mechanisms: vec![Mechanism::ScramSha256, Mechanism::ScramSha512, Mechanism::Plain],
-            users: BTreeMap::from([(user.to_string(), creds)]),
+            decoy_iterations: usual_iterations(&users),
+            users,
             lifetime: None,
+            login_timeout: Duration::from_secs(30),
+            decoy: decoy_key().expect("a key"),
         }
     }
 
@@ -682,6 +784,9 @@ mod tests {
             mechanisms: vec![Mechanism::ScramSha256],
             users: BTreeMap::from([("user".to_string(), creds)]),
             lifetime: None,
+            login_timeout: Duration::from_secs(30),
+            decoy: decoy_key().expect("a key"),
+            decoy_iterations: BTreeMap::new(),
         };
         let (server, first) =
             ScramServer::start(&auth, Hash::Sha256, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO", "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
@@ -707,6 +812,28 @@ mod tests {
         let (server, first) = ScramServer::start(&auth, Hash::Sha256, b"n,,n=nobody,r=abc", "xyz").expect("first");
         assert!(first.starts_with(b"r=abcxyz,s="), "an unknown user gets a salt too");
         assert_eq!(server.finish(bad.as_bytes()).err().as_deref(), Some(INVALID));
+    }
+
+    #[test]
+    fn an_unknown_user_looks_like_a_known_one() {
+        let auth = auth_with("user", "pencil");
+        let first = |user: &str| {
+            let msg = format!("n,,n={user},r=abc");
+            let (_, first) = ScramServer::start(&auth, Hash::Sha256, msg.as_bytes(), "xyz").expect("first");
+            String::from_utf8(first).expect("utf-8")
+        };
+        let salt_and_iterations = |reply: String| reply.split_once(",s=").map(|(_, rest)| rest.to_string()).expect("s=");
+        let known = salt_and_iterations(first("user"));
+        let unknown = salt_and_iterations(first("nobody"));
+        // The same iterations as real users, a salt as long as theirs, and
+        // the same salt each time (a changing one would give it away).
+        assert_eq!(known.split_once(",i=").map(|x| x.1), unknown.split_once(",i=").map(|x| x.1));
+        assert_eq!(known.len(), unknown.len());
+        assert_eq!(unknown, salt_and_iterations(first("nobody")));
+        assert_ne!(unknown, salt_and_iterations(first("nobody2")));
+        // Not a digest of the name anyone could compute.
+        let digest = B64.encode(&digest::digest(&digest::SHA256, b"nobody").as_ref()[..24]);
+        assert!(!unknown.starts_with(&digest));
     }
 
     #[test]
