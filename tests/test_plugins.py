@@ -238,7 +238,8 @@ def test_compiled_code_is_cached_across_restarts(broker, tmp_path):
 def test_scope_by_cluster_and_principal(broker):
     """`clusters` and `principals` narrow where a filter runs: the masking
     plugin scoped to one cluster leaves the other's topics alone, and one
-    scoped to authenticated principals leaves anonymous clients alone."""
+    scoped to certificate principals leaves anonymous clients (User:ANONYMOUS)
+    alone."""
     from rig import clusters_config
 
     west = Tansu()
@@ -253,7 +254,7 @@ def test_scope_by_cluster_and_principal(broker):
                 "config": json.dumps({"fields": ["email"]})}
         plugins = [
             {"name": "east-only", **mask, "clusters": ["east"]},
-            {"name": "users-only", **mask, "principals": ["User:*"]},
+            {"name": "users-only", **mask, "principals": ["User:CN=*"]},
         ]
         lines = []
         for p in plugins:
@@ -271,7 +272,7 @@ def test_scope_by_cluster_and_principal(broker):
         east = [json.loads(v)["email"] for _, _, v, _ in read_partition(broker.addr, "east.scoped", 0)]
         west_values = [json.loads(v)["email"] for _, _, v, _ in read_partition(west.addr, "west.scoped", 0)]
         assert east == ["***"]
-        assert west_values == ["a@b.io"], "neither plugin is in scope for west and ANONYMOUS"
+        assert west_values == ["a@b.io"], "neither plugin is in scope for west and User:ANONYMOUS"
     finally:
         west.close()
 

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from clients import kafkajs, read_partition
-from rig import Gateway, Tansu, causeway_bin, causeway_check, kcat, make_ca, make_cert, plugin_component
+from rig import Gateway, Tansu, causeway_bin, causeway_check, kcat, make_ca, make_cert, plugin_component, wait_for
 
 
 def sasl_user(name, password, iterations=4096):
@@ -166,6 +166,57 @@ def test_wrong_credentials_are_refused_and_nothing_lands(broker, creds):
             s.settimeout(5)
             assert s.recv(4) == b"", "a 1 MiB frame before login closes the connection"
         assert deliver(gw.addr, "sasl.locked", [b"ok"], login("SCRAM-SHA-512", "alice", "alice-secret")) == [None]
+    finally:
+        gw.close()
+
+
+def test_a_client_that_never_logs_in_is_closed(broker, creds):
+    """ApiVersions is allowed before a login, but not for ever: with
+    login_timeout_ms the connection closes whatever the client keeps sending,
+    and one that sends requests without reading the answers is closed too."""
+    broker.create_topic("sasl.late", 1)
+    gw = sasl_gateway(broker, creds, sasl_extra="login_timeout_ms = 1500")
+    try:
+        host, port = gw.addr.split(":")
+        client = b"loiterer"
+        api_versions = struct.pack(">hhih", 18, 0, 1, len(client)) + client
+        frame = struct.pack(">i", len(api_versions)) + api_versions
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.settimeout(0.25)
+            closed = False
+            while time.monotonic() - started < 8 and not closed:
+                try:
+                    s.sendall(frame)
+                    while True:
+                        if s.recv(65536) == b"":
+                            closed = True
+                            break
+                except socket.timeout:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = True
+        elapsed = time.monotonic() - started
+        assert closed and 1.0 < elapsed < 6, f"closed={closed} after {elapsed:.1f}s"
+
+        # Pipelining without reading: the answers pile up in the socket, and
+        # the connection still goes at the deadline.
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(0.5)
+            try:
+                while time.monotonic() - started < 8:
+                    s.sendall(frame * 200)
+            except (socket.timeout, ConnectionResetError, BrokenPipeError):
+                pass
+            # The gateway stopped reading once its writes stalled; it closes
+            # the connection at the deadline, not when the client goes.
+            wait_for(lambda: gw.metrics().get('causeway_client_protocol_errors_total{kind="write_stalled"}', 0) >= 1,
+                     10, "the non-reading connection closed")
+        assert gw.metrics().get('causeway_client_protocol_errors_total{kind="login_timeout"}', 0) >= 1
+        # A client that logs in is not affected.
+        assert deliver(gw.addr, "sasl.late", [b"ok"], login("SCRAM-SHA-512", "alice", "alice-secret")) == [None]
     finally:
         gw.close()
 

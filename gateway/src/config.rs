@@ -28,6 +28,12 @@ pub struct Config {
     /// WebAssembly plugins, in the order they run.
     #[serde(default)]
     pub plugins: Vec<crate::plugins::PluginConfig>,
+    /// Authorization at the gateway: on when this or any `[[acls]]` is present.
+    #[serde(default)]
+    pub authorization: Option<crate::authz::AuthorizationConfig>,
+    /// ACL rules, in Kafka's terms; deny wins.
+    #[serde(default)]
+    pub acls: Vec<crate::authz::AclConfig>,
 }
 
 /// The Kafka listener clients connect to, and the broker Causeway presents.
@@ -245,6 +251,8 @@ impl Config {
             clusters,
             routes: Vec::new(),
             plugins: Vec::new(),
+            authorization: None,
+            acls: Vec::new(),
         }
     }
 
@@ -324,6 +332,9 @@ impl Config {
             for p in crate::sasl::validate(sasl) {
                 problem(&p.field, p.message);
             }
+        }
+        for p in crate::authz::validate(self.authorization.as_ref(), &self.acls) {
+            problem(&p.field, p.message);
         }
         if self.gateway.max_in_flight == 0 || self.gateway.max_in_flight > 65_536 {
             problem(

@@ -10,6 +10,7 @@
 //! [`admin`] (HTTP metrics and health) and [`telemetry`] (metric names).
 
 pub mod admin;
+pub mod authz;
 pub mod backend;
 pub mod codec;
 pub mod config;
@@ -72,6 +73,10 @@ pub async fn start(
         }
         tracing::info!(mechanisms = ?auth.names(), "clients must authenticate");
         gateway.sasl = Some(auth);
+    }
+    if let Some(authz) = authz::Authorizer::from_config(config.authorization.as_ref(), &config.acls) {
+        tracing::info!(rules = config.acls.len(), "clients are authorized by ACL rules");
+        gateway.authz = Some(Arc::new(authz));
     }
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());
 

@@ -112,7 +112,17 @@ pub async fn route(
     let mut body: FetchRequest = req.decode(FetchRequest::WHAT)?;
     body.prepare(req.version());
     let keys = body.keys();
-    let plan = plan(gw, router, &keys, Place::Leader, FetchRequest::NO_ROUTE, FetchRequest::UNREACHABLE).await;
+    let plan = plan(
+        gw,
+        router,
+        &keys,
+        Place::Leader,
+        FetchRequest::NO_ROUTE,
+        FetchRequest::UNREACHABLE,
+        FetchRequest::OPERATION,
+        FetchRequest::WHAT,
+    )
+    .await;
     let (version, header) = (req.version(), req.response_header_version());
     let offset_of = |ti: usize, pi: usize| -> Option<(Key, i64)> {
         let t = body.topics.get(ti)?;

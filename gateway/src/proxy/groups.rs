@@ -40,6 +40,7 @@ use crate::backend::cluster::CLIENT_ID;
 use crate::backend::{BackendError, BrokerRef, Cluster, Reply, SessionConns};
 use crate::codec::{self, encode_response, Request, Response};
 use super::routes::ClientRoutes;
+use crate::authz::{Operation, Resource};
 
 /// Errors that say a commit's member or generation is not (or no longer) valid,
 /// or the coordinator cannot judge: the other clusters must not take the commit.
@@ -72,10 +73,40 @@ pub async fn dispatch(
         ApiKey::OffsetDelete => offset_delete(gw, conns, router, req).await,
         _ => {
             let group = membership_group(&req)?;
+            if !router.may(Operation::Read, Resource::Group, &group, super::session::api_key_name(req.api_key)) {
+                return membership_refused(&req, code::GROUP_AUTHORIZATION_FAILED);
+            }
             let home = router.group(&group);
             to_coordinator(gw, conns, home, GROUP, group, req).await
         }
     }
+}
+
+/// The answer to a membership request refused with `code`, for the group.
+fn membership_refused(req: &Request, code: i16) -> Result<Answer, ProxyError> {
+    use kafka_protocol::messages::{JoinGroupResponse, LeaveGroupResponse, SyncGroupResponse};
+    let (version, header) = (req.version(), req.response_header_version());
+    let bytes = match req.api_key {
+        ApiKey::JoinGroup => {
+            // The protocol name is nullable from v7 only.
+            let name = (version < 7).then(StrBytes::default);
+            let out = JoinGroupResponse::default().with_error_code(code).with_generation_id(-1).with_protocol_name(name);
+            encode_response(&out, version, header, "JoinGroup response")?
+        }
+        ApiKey::SyncGroup => {
+            encode_response(&SyncGroupResponse::default().with_error_code(code), version, header, "SyncGroup response")?
+        }
+        ApiKey::Heartbeat => {
+            encode_response(&HeartbeatResponse::default().with_error_code(code), version, header, "Heartbeat response")?
+        }
+        _ => encode_response(&LeaveGroupResponse::default().with_error_code(code), version, header, "LeaveGroup response")?,
+    };
+    Ok(Box::pin(async move { Ok(bytes) }))
+}
+
+/// An answer ready now.
+fn ready(bytes: Bytes) -> Answer {
+    Box::pin(async move { Ok(bytes) })
 }
 
 /// The group of a membership request.
@@ -97,14 +128,21 @@ struct ByCluster {
     clusters: BTreeMap<usize, Vec<usize>>,
     /// Topic indexes no route leads to.
     unrouted: Vec<usize>,
+    /// Topic indexes the client may not use.
+    denied: Vec<usize>,
     /// Renamed topics per cluster, client name to backend name.
     renames: HashMap<usize, HashMap<String, String>>,
 }
 
 impl ByCluster {
-    fn new<'a>(router: &ClientRoutes, names: impl Iterator<Item = &'a str>) -> Self {
+    /// Sorts `names`, each of which the client must be allowed `op` on.
+    fn new<'a>(router: &ClientRoutes, names: impl Iterator<Item = &'a str>, op: Operation, api: &str) -> Self {
         let mut out = Self::default();
         for (i, name) in names.enumerate() {
+            if !router.may(op, Resource::Topic, name, api) {
+                out.denied.push(i);
+                continue;
+            }
             match router.topic(name) {
                 Some(t) => {
                     if t.renamed() {
@@ -123,7 +161,10 @@ impl ByCluster {
 
     /// Whether everything lives on `home` under its own name.
     fn plain_on(&self, home: usize) -> bool {
-        self.unrouted.is_empty() && self.renames.is_empty() && self.clusters.keys().all(|&c| c == home)
+        self.unrouted.is_empty()
+            && self.denied.is_empty()
+            && self.renames.is_empty()
+            && self.clusters.keys().all(|&c| c == home)
     }
 
     fn names(&self, cluster: usize) -> Names {
@@ -189,13 +230,19 @@ async fn offset_commit(
 ) -> Result<Answer, ProxyError> {
     let body: OffsetCommitRequest = req.decode("OffsetCommit request")?;
     let group = body.group_id.0.to_string();
+    let (version, header) = (req.version(), req.response_header_version());
+    if !router.may(Operation::Read, Resource::Group, &group, "OffsetCommit") {
+        let out = commit_failed(&body, 0..body.topics.len(), code::GROUP_AUTHORIZATION_FAILED);
+        return Ok(ready(encode_response(&out, version, header, "OffsetCommit response")?));
+    }
     let home = router.group(&group);
-    let split = ByCluster::new(router, body.topics.iter().map(|t| t.name.0.as_str()));
+    let split = ByCluster::new(router, body.topics.iter().map(|t| t.name.0.as_str()), Operation::Read, "OffsetCommit");
     if split.plain_on(home) {
         return to_coordinator(gw, conns, home, GROUP, group, req).await;
     }
     let member = body.generation_id_or_member_epoch >= 0 || !body.member_id.is_empty();
     let mut failed: Vec<(usize, i16)> = split.unrouted.iter().map(|&i| (i, code::UNKNOWN_TOPIC_OR_PARTITION)).collect();
+    failed.extend(split.denied.iter().map(|&i| (i, code::TOPIC_AUTHORIZATION_FAILED)));
 
     let mut home_part = None;
     let mut others = Vec::new();
@@ -361,25 +408,27 @@ async fn offset_commit(
             }
         }
         for (i, code) in failed {
-            let Some(t) = body.topics.get(i) else { continue };
-            merge_commit(
-                &mut acc,
-                OffsetCommitResponse::default().with_topics(vec![offset_commit_response::OffsetCommitResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|p| {
-                                offset_commit_response::OffsetCommitResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    )]),
-            );
+            merge_commit(&mut acc, commit_failed(&body, [i], code));
         }
         Ok(encode_response(&acc, version, header, what)?)
     }))
+}
+
+/// An OffsetCommit answer giving every partition of the topics at `topics` the code `code`.
+fn commit_failed(body: &OffsetCommitRequest, topics: impl IntoIterator<Item = usize>, code: i16) -> OffsetCommitResponse {
+    let topics = topics.into_iter().filter_map(|i| body.topics.get(i)).map(|t| {
+        offset_commit_response::OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
+            t.partitions
+                .iter()
+                .map(|p| {
+                    offset_commit_response::OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect(),
+        )
+    });
+    OffsetCommitResponse::default().with_topics(topics.collect())
 }
 
 fn merge_commit(acc: &mut OffsetCommitResponse, part: OffsetCommitResponse) {
@@ -403,14 +452,35 @@ async fn txn_offset_commit(
 ) -> Result<Answer, ProxyError> {
     let mut body: TxnOffsetCommitRequest = req.decode("TxnOffsetCommit request")?;
     let group = body.group_id.0.to_string();
+    let (version, header) = (req.version(), req.response_header_version());
+    let what = "TxnOffsetCommit response";
+    let refused = if !router.may(Operation::Write, Resource::TransactionalId, &body.transactional_id.0, "TxnOffsetCommit") {
+        Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    } else if !router.may(Operation::Read, Resource::Group, &group, "TxnOffsetCommit") {
+        Some(code::GROUP_AUTHORIZATION_FAILED)
+    } else {
+        None
+    };
+    if let Some(code) = refused {
+        return Ok(ready(encode_response(&txn_commit_failed(&body, |_| code), version, header, what)?));
+    }
     let pinned = router.transactional_id(&body.transactional_id.0);
     let home = router.group(&group);
-    let split = ByCluster::new(router, body.topics.iter().map(|t| t.name.0.as_str()));
+    let split = ByCluster::new(router, body.topics.iter().map(|t| t.name.0.as_str()), Operation::Read, "TxnOffsetCommit");
     if split.plain_on(pinned) && home == pinned {
         return to_coordinator(gw, conns, pinned, GROUP, group, req).await;
     }
-    let (version, header) = (req.version(), req.response_header_version());
-    let what = "TxnOffsetCommit response";
+    if !split.denied.is_empty() {
+        // The commit is one: refused whole, naming the topics at fault.
+        let answer = txn_commit_failed(&body, |i| {
+            if split.denied.contains(&i) {
+                code::TOPIC_AUTHORIZATION_FAILED
+            } else {
+                code::OPERATION_NOT_ATTEMPTED
+            }
+        });
+        return Ok(ready(encode_response(&answer, version, header, what)?));
+    }
     let elsewhere: Vec<usize> = split
         .clusters
         .iter()
@@ -498,12 +568,17 @@ async fn offset_delete(
 ) -> Result<Answer, ProxyError> {
     let body: OffsetDeleteRequest = req.decode("OffsetDelete request")?;
     let group = body.group_id.0.to_string();
+    if !router.may(Operation::Delete, Resource::Group, &group, "OffsetDelete") {
+        let out = OffsetDeleteResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+        return Ok(ready(encode_response(&out, req.version(), req.response_header_version(), "OffsetDelete response")?));
+    }
     let home = router.group(&group);
-    let split = ByCluster::new(router, body.topics.iter().map(|t| t.name.0.as_str()));
+    let split = ByCluster::new(router, body.topics.iter().map(|t| t.name.0.as_str()), Operation::Read, "OffsetDelete");
     if split.plain_on(home) {
         return to_coordinator(gw, conns, home, GROUP, group, req).await;
     }
     let mut failed: Vec<(usize, i16)> = split.unrouted.iter().map(|&i| (i, code::UNKNOWN_TOPIC_OR_PARTITION)).collect();
+    failed.extend(split.denied.iter().map(|&i| (i, code::TOPIC_AUTHORIZATION_FAILED)));
     let mut sent = Vec::new();
     for (&ci, topics) in &split.clusters {
         let Some((cluster, broker)) = coordinator_in(gw, ci, &group).await else {
@@ -590,7 +665,12 @@ async fn describe_groups(
     let body: DescribeGroupsRequest = req.decode("DescribeGroups request")?;
     let mut by_broker: BTreeMap<BrokerRef, Vec<usize>> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut refused = Vec::new();
     for (i, g) in body.groups.iter().enumerate() {
+        if !router.may(Operation::Describe, Resource::Group, &g.0, "DescribeGroups") {
+            refused.push(i);
+            continue;
+        }
         match coordinator_in(gw, router.group(&g.0), &g.0).await {
             Some((_, broker)) => by_broker.entry(broker).or_default().push(i),
             None => failed.push(i),
@@ -598,7 +678,7 @@ async fn describe_groups(
     }
     let mut sent = Vec::new();
     for (broker, keep) in &by_broker {
-        let frame = if by_broker.len() == 1 && failed.is_empty() {
+        let frame = if by_broker.len() == 1 && failed.is_empty() && refused.is_empty() {
             req.frame.clone()
         } else {
             let mut sub = body.clone();
@@ -614,7 +694,7 @@ async fn describe_groups(
     let gw = gw.clone();
     Ok(Box::pin(async move {
         let what = "DescribeGroups response";
-        let only = sent.len() == 1 && failed.is_empty();
+        let only = sent.len() == 1 && failed.is_empty() && refused.is_empty();
         let mut acc = DescribeGroupsResponse::default();
         for (broker, keep, reply) in sent {
             match await_reply(reply).await {
@@ -634,11 +714,13 @@ async fn describe_groups(
                 Err(_) => failed.extend(keep),
             }
         }
-        for i in failed {
+        let failed = failed.into_iter().map(|i| (i, code::COORDINATOR_NOT_AVAILABLE));
+        let refused = refused.into_iter().map(|i| (i, code::GROUP_AUTHORIZATION_FAILED));
+        for (i, code) in failed.chain(refused) {
             let Some(g) = body.groups.get(i) else { continue };
             let mut d = kafka_protocol::messages::describe_groups_response::DescribedGroup::default()
                 .with_group_id(g.clone())
-                .with_error_code(code::COORDINATOR_NOT_AVAILABLE);
+                .with_error_code(code);
             d.authorized_operations = i32::MIN;
             acc.groups.push(d);
         }
@@ -657,7 +739,12 @@ async fn delete_groups(
     let body: DeleteGroupsRequest = req.decode("DeleteGroups request")?;
     let mut by_broker: BTreeMap<BrokerRef, Vec<usize>> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut refused = Vec::new();
     for (i, g) in body.groups_names.iter().enumerate() {
+        if !router.may(Operation::Delete, Resource::Group, &g.0, "DeleteGroups") {
+            refused.push(i);
+            continue;
+        }
         for ci in 0..gw.backends.clusters.len() {
             match coordinator_in(gw, ci, &g.0).await {
                 Some((_, broker)) => by_broker.entry(broker).or_default().push(i),
@@ -700,7 +787,9 @@ async fn delete_groups(
         for (i, g) in body.groups_names.iter().enumerate() {
             let name = g.0.to_string();
             let mut code = home_code.get(&name).copied().unwrap_or(code::COORDINATOR_NOT_AVAILABLE);
-            if failed.contains(&i) {
+            if refused.contains(&i) {
+                code = code::GROUP_AUTHORIZATION_FAILED;
+            } else if failed.contains(&i) {
                 code = code::COORDINATOR_NOT_AVAILABLE;
             } else if code == code::GROUP_ID_NOT_FOUND && other_ok.contains_key(&name) {
                 code = 0;
@@ -717,11 +806,16 @@ async fn delete_groups(
 
 /// ListGroups: every broker of every reachable cluster; a group listed by several
 /// clusters (its home, and where it holds offsets) appears once, as its home shows it.
+///
+/// With authorization, a client that may describe the cluster sees every
+/// group; any other only the groups it may describe, as in Kafka.
 pub async fn list_groups(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
+    router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
+    let every = !router.authorizes() || router.may_cluster(Operation::Describe, "ListGroups");
     let mut parts = Vec::new();
     for (ci, cluster) in gw.backends.clusters.iter().enumerate() {
         if !cluster.is_ready() && gw.backends.clusters.len() > 1 {
@@ -737,6 +831,7 @@ pub async fn list_groups(
         }
     }
     let homes = gw.router();
+    let router = router.clone();
     Ok(Box::pin(async move {
         let (version, header) = (req.version(), req.response_header_version());
         let mut acc = ListGroupsResponse::default();
@@ -749,6 +844,9 @@ pub async fn list_groups(
             }
             acc.throttle_time_ms = acc.throttle_time_ms.max(part.throttle_time_ms);
             for g in part.groups {
+                if !every && !router.may_quietly(Operation::Describe, Resource::Group, &g.group_id.0) {
+                    continue;
+                }
                 let name = g.group_id.0.to_string();
                 let at_home = homes.group(&name) == ci;
                 match seen.get(&name) {
@@ -797,7 +895,17 @@ async fn offset_fetch(
             body.topics.as_ref().map(|ts| ts.iter().map(|t| t.name.clone()).collect()),
         )]
     };
-    let single = gw.backends.clusters.len() == 1 && !router.renames();
+    // Groups the client may not describe, and (group, topic name) pairs
+    // asked for that it may not describe.
+    let refused: Vec<usize> = (0..asked.len())
+        .filter(|&gi| !router.may(Operation::Describe, Resource::Group, &asked[gi].0 .0, "OffsetFetch"))
+        .collect();
+    let mut denied: Vec<(usize, TopicName)> = Vec::new();
+    if !v8 && !refused.is_empty() {
+        let out = OffsetFetchResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+        return Ok(ready(encode_response(&out, req.version(), req.response_header_version(), "OffsetFetch response")?));
+    }
+    let single = gw.backends.clusters.len() == 1 && !router.renames() && !router.authorizes();
     if single && !v8 {
         let group = body.group_id.0.to_string();
         return to_coordinator(gw, conns, 0, GROUP, group, req).await;
@@ -807,10 +915,14 @@ async fn offset_fetch(
     let mut by_broker: BTreeMap<BrokerRef, Vec<Wanted>> = BTreeMap::new();
     let mut unavailable: Vec<usize> = Vec::new();
     for (gi, (group, topics)) in asked.iter().enumerate() {
+        if refused.contains(&gi) {
+            continue;
+        }
         let wanted: Vec<Wanted> = match topics {
             None => (0..gw.backends.clusters.len()).map(|c| (c, None)).collect(),
             Some(ts) => {
-                let split = ByCluster::new(router, ts.iter().map(|t| t.0.as_str()));
+                let split = ByCluster::new(router, ts.iter().map(|t| t.0.as_str()), Operation::Describe, "OffsetFetch");
+                denied.extend(split.denied.iter().filter_map(|&ti| Some((gi, ts.get(ti)?.clone()))));
                 split.clusters.into_iter().map(|(c, t)| (c, Some(t))).collect()
             }
         };
@@ -928,6 +1040,54 @@ async fn offset_fetch(
                 }
             }
         }
+        for &gi in &refused {
+            if let Some(g) = groups.get_mut(gi) {
+                g.error_code = code::GROUP_AUTHORIZATION_FAILED;
+            }
+        }
+        // Topics asked for that the client may not describe.
+        for (gi, name) in denied {
+            let partitions = |want: Option<&Vec<i32>>| -> Vec<i32> { want.cloned().unwrap_or_default() };
+            if v8 {
+                let asked_parts = body
+                    .groups
+                    .get(gi)
+                    .and_then(|g| g.topics.as_ref())
+                    .and_then(|ts| ts.iter().find(|t| t.name == name))
+                    .map(|t| &t.partition_indexes);
+                if let Some(g) = groups.get_mut(gi) {
+                    g.topics.push(
+                        offset_fetch_response::OffsetFetchResponseTopics::default().with_name(name).with_partitions(
+                            partitions(asked_parts)
+                                .into_iter()
+                                .map(|p| {
+                                    offset_fetch_response::OffsetFetchResponsePartitions::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(-1)
+                                        .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                                })
+                                .collect(),
+                        ),
+                    );
+                }
+            } else {
+                let asked_parts =
+                    body.topics.as_ref().and_then(|ts| ts.iter().find(|t| t.name == name)).map(|t| &t.partition_indexes);
+                acc.topics.push(
+                    offset_fetch_response::OffsetFetchResponseTopic::default().with_name(name).with_partitions(
+                        partitions(asked_parts)
+                            .into_iter()
+                            .map(|p| {
+                                offset_fetch_response::OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    ),
+                );
+            }
+        }
         for gi in unavailable {
             if v8 {
                 if let Some(g) = groups.get_mut(gi) {
@@ -947,7 +1107,7 @@ async fn offset_fetch(
         if !v8 {
             if let Some(ts) = body.topics.as_ref() {
                 for t in ts {
-                    if router.topic(&t.name.0).is_none() {
+                    if router.sees(&t.name.0) && router.topic(&t.name.0).is_none() {
                         acc.topics.push(
                             offset_fetch_response::OffsetFetchResponseTopic::default()
                                 .with_name(t.name.clone())

@@ -13,13 +13,15 @@ use kafka_protocol::messages::add_partitions_to_txn_response::{
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
-    ApiVersionsResponse, EndTxnRequest, InitProducerIdRequest, InitProducerIdResponse, ResponseKind,
+    AddOffsetsToTxnResponse, ApiVersionsResponse, EndTxnRequest, EndTxnResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ResponseKind,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::partitioned::Names;
 use super::session::Answer;
 use super::{groups, metadata, partitioned, topics, Gateway, ProxyError};
+use crate::authz::{Operation, Resource, Who};
 use crate::backend::{BackendError, BrokerRef, Reply, SessionConns};
 use super::routes::ClientRoutes;
 use crate::codec::versions::{self, Route};
@@ -42,7 +44,10 @@ pub mod code {
     pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const NOT_CONTROLLER: i16 = 41;
     pub const POLICY_VIOLATION: i16 = 44;
@@ -87,7 +92,7 @@ pub async fn dispatch(
     gw: &Arc<Gateway>,
     conns: &mut SessionConns,
     lanes: &Arc<super::fetch::Lanes>,
-    principal: &str,
+    who: &Who,
     req: Request,
 ) -> Result<Option<Answer>, ProxyError> {
     let version = req.version();
@@ -108,7 +113,7 @@ pub async fn dispatch(
             version,
         });
     }
-    let router = gw.routes_for(principal, req.header.client_id.as_deref().unwrap_or(""));
+    let router = gw.routes_for(who, req.header.client_id.as_deref().unwrap_or(""));
     let answer = match audit.route {
         Route::ApiVersions => api_versions(gw, &req),
         // The session answers these itself.
@@ -124,17 +129,32 @@ pub async fn dispatch(
         Route::Partitioned => return partitioned::dispatch(gw, conns, lanes, &router, req).await,
         Route::Group => groups::dispatch(gw, conns, &router, req).await?,
         Route::Groups => groups::dispatch_many(gw, conns, &router, req).await?,
-        Route::AllBrokers => groups::list_groups(gw, conns, req).await?,
+        Route::AllBrokers => groups::list_groups(gw, conns, &router, req).await?,
         Route::Transaction => match req.api_key {
             ApiKey::AddPartitionsToTxn => add_partitions_to_txn(gw, conns, &router, req).await?,
             _ => {
                 let key = transaction_key(&req)?;
+                if let Some(refused) = transaction_refused(&router, &key, &req)? {
+                    return Ok(Some(ready(refused)));
+                }
                 let ci = router.transactional_id(&key);
                 to_coordinator(gw, conns, ci, TRANSACTION, key, req).await?
             }
         },
         Route::InitProducerId => {
             let body: InitProducerIdRequest = req.decode("InitProducerId request")?;
+            let allowed = match body.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
+                Some(id) if !router.may(Operation::Write, Resource::TransactionalId, &id.0, "InitProducerId") => {
+                    code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                }
+                None if !router.may_be_idempotent("InitProducerId") => code::CLUSTER_AUTHORIZATION_FAILED,
+                _ => 0,
+            };
+            if allowed != 0 {
+                let out = InitProducerIdResponse::default().with_error_code(allowed).with_producer_id((-1).into()).with_producer_epoch(-1);
+                let bytes = encode_response(&out, req.version(), req.response_header_version(), "InitProducerId response")?;
+                return Ok(Some(ready(bytes)));
+            }
             match body.transactional_id.filter(|t| !t.0.is_empty()) {
                 Some(id) => {
                     let ci = router.transactional_id(&id.0);
@@ -159,9 +179,46 @@ pub async fn dispatch(
         }
         Route::Controller => return topics::dispatch(gw, conns, &router, req).await,
         Route::Configs => return topics::dispatch(gw, conns, &router, req).await,
-        Route::AnyBroker => to_any(gw, conns, router.default_cluster(), req).await?,
+        Route::AnyBroker => match super::cluster_admin::check(gw, &router, &req)? {
+            Some(refused) => ready(refused),
+            None => to_any(gw, conns, router.default_cluster(), req).await?,
+        },
     };
     Ok(Some(answer))
+}
+
+/// An answer ready now.
+fn ready(bytes: Bytes) -> Answer {
+    Box::pin(async move { Ok(bytes) })
+}
+
+/// The refusal of AddOffsetsToTxn or EndTxn, if the client may not write
+/// for transactional id `key` (or, adding offsets, read the group).
+fn transaction_refused(router: &ClientRoutes, key: &str, req: &Request) -> Result<Option<Bytes>, ProxyError> {
+    let api = super::session::api_key_name(req.api_key);
+    let mut code = if router.may(Operation::Write, Resource::TransactionalId, key, api) {
+        0
+    } else {
+        code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    };
+    let (version, header) = (req.version(), req.response_header_version());
+    if req.api_key == ApiKey::AddOffsetsToTxn {
+        if code == 0 {
+            let body: AddOffsetsToTxnRequest = req.decode("AddOffsetsToTxn request")?;
+            if !router.may(Operation::Read, Resource::Group, &body.group_id.0, api) {
+                code = code::GROUP_AUTHORIZATION_FAILED;
+            }
+        }
+        if code == 0 {
+            return Ok(None);
+        }
+        let out = AddOffsetsToTxnResponse::default().with_error_code(code);
+        return Ok(Some(encode_response(&out, version, header, "AddOffsetsToTxn response")?));
+    }
+    if code == 0 {
+        return Ok(None);
+    }
+    Ok(Some(encode_response(&EndTxnResponse::default().with_error_code(code), version, header, "EndTxn response")?))
 }
 
 /// Sends the client's request as it is to any broker of cluster `ci`.
@@ -281,7 +338,16 @@ async fn add_partitions_to_txn(
     let pinned = router.transactional_id(&id);
     let mut names = Names::default();
     let mut refused: Vec<(usize, i16)> = Vec::new();
+    let id_allowed = router.may(Operation::Write, Resource::TransactionalId, &id, "AddPartitionsToTxn");
     for (i, t) in body.v3_and_below_topics.iter().enumerate() {
+        if !id_allowed {
+            refused.push((i, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
+            continue;
+        }
+        if !router.may(Operation::Write, Resource::Topic, &t.name.0, "AddPartitionsToTxn") {
+            refused.push((i, code::TOPIC_AUTHORIZATION_FAILED));
+            continue;
+        }
         match router.topic(&t.name.0) {
             Some(target) if target.cluster == pinned => {
                 if target.renamed() {

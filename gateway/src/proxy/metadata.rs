@@ -24,6 +24,7 @@ use super::{rewrite, Gateway, ProxyError};
 use crate::backend::{BrokerRef, Cluster, Reply, SessionConns};
 use crate::codec::{encode_response, Request};
 use super::routes::ClientRoutes;
+use crate::authz::{Operation, Resource};
 
 /// What one cluster is asked in a Metadata request.
 struct Ask {
@@ -39,7 +40,18 @@ pub async fn metadata(
     router: &ClientRoutes,
     req: Request,
 ) -> Result<Answer, ProxyError> {
-    let body: MetadataRequest = req.decode("Metadata request")?;
+    let mut body: MetadataRequest = req.decode("Metadata request")?;
+    // Auto-creation is the backend's, under the gateway's identity: with
+    // authorization, only a client allowed to create every topic it names
+    // may have them created.
+    let mut no_auto_create = false;
+    if router.authorizes() && body.allow_auto_topic_creation {
+        let names = body.topics.iter().flatten().filter_map(|t| t.name.as_ref());
+        if !names.into_iter().all(|n| router.may(Operation::Create, Resource::Topic, &n.0, "Metadata")) {
+            body.allow_auto_topic_creation = false;
+            no_auto_create = true;
+        }
+    }
     let all = match &body.topics {
         None => true,
         Some(t) => t.is_empty() && req.version() == 0,
@@ -54,6 +66,14 @@ pub async fn metadata(
     } else {
         for t in body.topics.iter().flatten() {
             let (ci, backend, client) = match &t.name {
+                Some(name) if !router.may(Operation::Describe, Resource::Topic, &name.0, "Metadata") => {
+                    local.push(
+                        MetadataResponseTopic::default()
+                            .with_name(Some(name.clone()))
+                            .with_error_code(code::TOPIC_AUTHORIZATION_FAILED),
+                    );
+                    continue;
+                }
                 Some(name) => match router.topic(&name.0) {
                     Some(target) => (target.cluster, target.backend.to_string(), name.0.to_string()),
                     None => {
@@ -104,7 +124,7 @@ pub async fn metadata(
         let cluster = gw.cluster(ci)?.clone();
         let reply = if cluster.is_ready() || gw.backends.clusters.len() == 1 {
             let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
-            let frame = if single && ask.names.iter().all(|(b, c)| b == c) {
+            let frame = if single && !no_auto_create && ask.names.iter().all(|(b, c)| b == c) {
                 req.frame.clone()
             } else {
                 let mut sub = body.clone();
@@ -251,7 +271,18 @@ pub async fn find_coordinator(
             router.transactional_id(key)
         }
     };
+    let (resource, refused) = if body.key_type == GROUP {
+        (Resource::Group, code::GROUP_AUTHORIZATION_FAILED)
+    } else {
+        (Resource::TransactionalId, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    };
+    let allowed = |key: &str| router.may(Operation::Describe, resource, key, "FindCoordinator");
     if req.version() < 4 {
+        if !allowed(&body.key) {
+            let out = FindCoordinatorResponse::default().with_error_code(refused).with_node_id(BrokerId(-1));
+            let bytes = encode_response(&out, req.version(), req.response_header_version(), "FindCoordinator response")?;
+            return Ok(Box::pin(async move { Ok(bytes) }));
+        }
         let ci = home(&body.key);
         let cluster = gw.cluster(ci)?.clone();
         if !cluster.is_ready() && gw.backends.clusters.len() > 1 {
@@ -274,8 +305,13 @@ pub async fn find_coordinator(
     }
     // v4+: several keys, perhaps on several clusters.
     let mut by_cluster: BTreeMap<usize, Vec<StrBytes>> = BTreeMap::new();
+    let mut denied: Vec<StrBytes> = Vec::new();
     for key in &body.coordinator_keys {
-        by_cluster.entry(home(key)).or_default().push(key.clone());
+        if allowed(key) {
+            by_cluster.entry(home(key)).or_default().push(key.clone());
+        } else {
+            denied.push(key.clone());
+        }
     }
     let mut sent = Vec::new();
     let mut down: Vec<(StrBytes, String)> = Vec::new();
@@ -312,6 +348,11 @@ pub async fn find_coordinator(
                 }
                 Err(_) => down.extend(keys.into_iter().map(|k| (k, cluster.name.clone()))),
             }
+        }
+        for key in denied {
+            acc.coordinators.push(
+                Coordinator::default().with_key(key).with_node_id(BrokerId(-1)).with_error_code(refused),
+            );
         }
         for (key, cluster) in down {
             acc.coordinators.push(

@@ -7,6 +7,7 @@
 //! into answers from Causeway's own broker.
 
 pub mod fetch;
+pub mod cluster_admin;
 pub mod groups;
 pub mod handlers;
 pub mod limits;
@@ -55,6 +56,8 @@ pub struct Gateway {
     pub tls: Option<Arc<crate::tls::Listener>>,
     /// Who may log in; clients need not when `None`.
     pub sasl: Option<Arc<crate::sasl::Authenticator>>,
+    /// ACL rules; every client may do everything when `None`.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 impl Gateway {
@@ -80,6 +83,7 @@ impl Gateway {
             router_plugin: None,
             tls: None,
             sasl: None,
+            authz: None,
         }
     }
 
@@ -89,8 +93,18 @@ impl Gateway {
     }
 
     /// The routes in force now, as this client sees them.
-    pub fn routes_for(&self, principal: &str, client_id: &str) -> routes::ClientRoutes {
-        routes::ClientRoutes::new(self.router.get(), self.router_plugin.clone(), principal, client_id)
+    pub fn routes_for(&self, who: &crate::authz::Who, client_id: &str) -> routes::ClientRoutes {
+        routes::ClientRoutes::new(self.router.get(), self.router_plugin.clone(), self.authz.clone(), who, client_id)
+    }
+
+    /// The identity of a client connection: its principal, with the roles
+    /// the rules give it, and its address.
+    pub fn who(&self, principal: &str, host: std::net::IpAddr) -> crate::authz::Who {
+        let mut who = crate::authz::Who::new(principal, host);
+        if let Some(authz) = &self.authz {
+            who.roles = Arc::from(authz.roles_of(principal));
+        }
+        who
     }
 
     /// Cluster `index`, which the router only ever names within range.
@@ -119,6 +133,7 @@ impl Gateway {
             router_plugin: None,
             tls: None,
             sasl: None,
+            authz: None,
         }
     }
 

@@ -31,6 +31,7 @@ use super::{Gateway, ProxyError};
 use crate::backend::{BrokerRef, Cluster, SessionConns};
 use crate::codec::{batches, encode_response, Request};
 use super::routes::ClientRoutes;
+use crate::authz::{Operation, Resource};
 
 /// How a request names a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,6 +113,12 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     const NO_ROUTE: i16 = code::UNKNOWN_TOPIC_OR_PARTITION;
     /// The error for partitions whose backend cannot be reached: retriable.
     const UNREACHABLE: i16 = code::NOT_LEADER_OR_FOLLOWER;
+    /// What the client must be allowed to do to each topic (and to the
+    /// cluster for a broker's config); `None`: nothing per topic.
+    const OPERATION: Option<Operation>;
+    /// What the client must be allowed to do to the cluster for the whole
+    /// request, if anything.
+    const CLUSTER_OPERATION: Option<Operation> = None;
 
     /// The topics in request order, each with its partition ids in order.
     fn keys(&self) -> Vec<(TopicKey, Vec<i32>)>;
@@ -121,6 +128,12 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn merge(acc: &mut Self::Resp, part: Self::Resp);
     /// An answer for `keep` in which every partition carries `code`.
     fn failed(&self, keep: &Positions, code: i16) -> Self::Resp;
+    /// The answer when the whole request is refused with `code`.
+    fn refused(&self, code: i16) -> Self::Resp {
+        let all: Positions =
+            self.keys().iter().enumerate().flat_map(|(ti, (_, ps))| (0..ps.len()).map(move |pi| (ti, pi))).collect();
+        self.failed(&all, code)
+    }
     /// Like [`Split::failed`], with a message where the API carries one.
     fn failed_with(&self, keep: &Positions, code: i16, _message: &str) -> Self::Resp {
         self.failed(keep, code)
@@ -154,9 +167,14 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     /// Drops what refers into the client's frame (record data) once the request
     /// is sent, so the read buffer can be reused while the answer is awaited.
     fn release(&mut self) {}
-    /// Runs the record filters over the batches: whether records changed, and the
-    /// positions whose batches a filter rejected, with its message.
-    fn run_filters(&mut self, _gw: &Gateway, _routes: &ClientRoutes) -> (bool, Rejected) {
+    /// The transactional id the request writes for, if any.
+    fn transactional_id(&self) -> Option<&str> {
+        None
+    }
+    /// Runs the record filters over the batches, but for positions in `skip`
+    /// (answered by the gateway): whether records changed, and the positions
+    /// whose batches a filter rejected, with its message.
+    fn run_filters(&mut self, _gw: &Gateway, _routes: &ClientRoutes, _skip: &Positions) -> (bool, Rejected) {
         (false, Vec::new())
     }
     /// Runs the record filters over an answer's records (fetch); whether
@@ -229,7 +247,25 @@ impl Plan {
 }
 
 /// Finds the cluster, backend name and broker of every partition in `keys`.
-pub async fn plan(gw: &Gateway, router: &ClientRoutes, keys: &[(TopicKey, Vec<i32>)], place: Place, no_route: i16, unreachable: i16) -> Plan {
+///
+/// Each topic is authorized for `op` first (under its client name), and the
+/// partitions of one the client may not use get TOPIC_AUTHORIZATION_FAILED.
+#[allow(clippy::too_many_arguments)]
+pub async fn plan(
+    gw: &Gateway,
+    router: &ClientRoutes,
+    keys: &[(TopicKey, Vec<i32>)],
+    place: Place,
+    no_route: i16,
+    unreachable: i16,
+    op: Option<Operation>,
+    api: &str,
+) -> Plan {
+    let denied = |out: &mut Plan, ti: usize, n: usize| {
+        for pi in 0..n {
+            out.fail(code::TOPIC_AUTHORIZATION_FAILED, "Topic authorization failed.".into(), (ti, pi));
+        }
+    };
     let mut refreshed = false;
     loop {
         let mut out = Plan::default();
@@ -237,6 +273,10 @@ pub async fn plan(gw: &Gateway, router: &ClientRoutes, keys: &[(TopicKey, Vec<i3
         let mut unknown: BTreeMap<usize, Option<Vec<String>>> = BTreeMap::new();
         for (ti, (topic, partitions)) in keys.iter().enumerate() {
             let (ci, backend) = match topic {
+                TopicKey::Name(n) if op.is_some_and(|op| !router.may(op, Resource::Topic, n, api)) => {
+                    denied(&mut out, ti, partitions.len());
+                    continue;
+                }
                 TopicKey::Name(n) => match router.topic(n) {
                     Some(t) => {
                         if t.renamed() {
@@ -252,7 +292,11 @@ pub async fn plan(gw: &Gateway, router: &ClientRoutes, keys: &[(TopicKey, Vec<i3
                     }
                 },
                 TopicKey::Id(id) => match find_id(gw, router, id) {
-                    Some((ci, name)) => (ci, Some(name)),
+                    Some((_, _, client)) if op.is_some_and(|op| !router.may(op, Resource::Topic, &client, api)) => {
+                        denied(&mut out, ti, partitions.len());
+                        continue;
+                    }
+                    Some((ci, name, _)) => (ci, Some(name)),
                     None if refreshed => {
                         for pi in 0..partitions.len() {
                             out.fail(code::UNKNOWN_TOPIC_ID, format!("unknown topic id {id}"), (ti, pi));
@@ -266,6 +310,13 @@ pub async fn plan(gw: &Gateway, router: &ClientRoutes, keys: &[(TopicKey, Vec<i3
                         continue;
                     }
                 },
+                // A broker's config: the cluster's to allow.
+                TopicKey::Default if op.is_some_and(|op| !router.may_cluster(op, api)) => {
+                    for pi in 0..partitions.len() {
+                        out.fail(code::CLUSTER_AUTHORIZATION_FAILED, "Cluster authorization failed.".into(), (ti, pi));
+                    }
+                    continue;
+                }
                 TopicKey::Default => (router.default_cluster(), None),
             };
             let Some(cluster) = gw.backends.cluster(ci) else { continue };
@@ -315,12 +366,12 @@ pub async fn plan(gw: &Gateway, router: &ClientRoutes, keys: &[(TopicKey, Vec<i3
     }
 }
 
-/// The cluster and backend name of a topic id clients may see.
-fn find_id(gw: &Gateway, router: &ClientRoutes, id: &Uuid) -> Option<(usize, String)> {
+/// The cluster, backend name and client name of a topic id clients may see.
+fn find_id(gw: &Gateway, router: &ClientRoutes, id: &Uuid) -> Option<(usize, String, String)> {
     gw.backends.clusters.iter().enumerate().find_map(|(ci, c)| {
         let name = c.topic_name(id)?;
-        router.client_name(ci, &name)?;
-        Some((ci, name))
+        let client = router.client_name(ci, &name)?.into_owned();
+        Some((ci, name, client))
     })
 }
 
@@ -345,15 +396,29 @@ pub async fn route<T: Split>(
 ) -> Result<Option<Answer>, ProxyError> {
     let mut body: T = req.decode(T::WHAT)?;
     let mut changed = body.prepare(req.version());
+    let keys = body.keys();
+    let refused = match (body.transactional_id(), T::CLUSTER_OPERATION) {
+        (Some(id), _) if !router.may(Operation::Write, Resource::TransactionalId, id, T::WHAT) => {
+            Some(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        }
+        (_, Some(op)) if !router.may_cluster(op, T::WHAT) => Some(code::CLUSTER_AUTHORIZATION_FAILED),
+        _ => None,
+    };
+    if let Some(code) = refused {
+        let mut answer = body.refused(code);
+        T::fit_version(&mut answer, req.version());
+        let bytes = encode_response(&answer, req.version(), req.response_header_version(), T::RESP_WHAT)?;
+        return Ok(body.expects_response().then(|| Box::pin(async move { Ok(bytes) }) as Answer));
+    }
+    let mut plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE, T::OPERATION, T::WHAT).await;
     let rejected = if gw.filters.is_empty() {
         Vec::new()
     } else {
-        let (filtered, rejected) = body.run_filters(gw, router);
+        let skip: Positions = plan.local.iter().flat_map(|(_, _, keep)| keep.iter().copied()).collect();
+        let (filtered, rejected) = body.run_filters(gw, router, &skip);
         changed |= filtered;
         rejected
     };
-    let keys = body.keys();
-    let mut plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE).await;
     for (at, code, message) in rejected {
         for keep in plan.brokers.values_mut() {
             keep.retain(|p| *p != at);
@@ -553,6 +618,11 @@ impl Split for ProduceRequest {
     type Resp = ProduceResponse;
     const WHAT: &'static str = "Produce request";
     const RESP_WHAT: &'static str = "Produce response";
+    const OPERATION: Option<Operation> = Some(Operation::Write);
+
+    fn transactional_id(&self) -> Option<&str> {
+        self.transactional_id.as_ref().map(|t| t.0.as_str()).filter(|t| !t.is_empty())
+    }
 
     fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
         self.topic_data
@@ -651,7 +721,7 @@ impl Split for ProduceRequest {
         self.acks != 0
     }
 
-    fn run_filters(&mut self, gw: &Gateway, router: &ClientRoutes) -> (bool, Rejected) {
+    fn run_filters(&mut self, gw: &Gateway, router: &ClientRoutes, skip: &Positions) -> (bool, Rejected) {
         use crate::plugins::filter::{BatchContext, Direction};
         use crate::plugins::Outcome;
         let mut changed = false;
@@ -662,6 +732,9 @@ impl Split for ProduceRequest {
             }
             let cluster = cluster_of(gw, router, &t.name.0);
             for (pi, p) in t.partition_data.iter_mut().enumerate() {
+                if skip.contains(&(ti, pi)) {
+                    continue;
+                }
                 let Some(records) = &p.records else { continue };
                 let context = BatchContext {
                     direction: Direction::Produce,
@@ -736,6 +809,7 @@ impl Split for FetchRequest {
     type Resp = FetchResponse;
     const WHAT: &'static str = "Fetch request";
     const RESP_WHAT: &'static str = "Fetch response";
+    const OPERATION: Option<Operation> = Some(Operation::Read);
 
     fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
         self.topics
@@ -947,12 +1021,14 @@ macro_rules! simple_split {
         $req:ty => $resp:ty, $what:literal, $resp_what:literal,
         topic: $topic:ident, partition: $partition:ident,
         answer topic: $rt:ty, answer partition: $rp:ty, answer index: $rpi:ident,
+        operation: $op:expr,
         failed: $fix:expr
     ) => {
         impl Split for $req {
             type Resp = $resp;
             const WHAT: &'static str = $what;
             const RESP_WHAT: &'static str = $resp_what;
+            const OPERATION: Option<Operation> = Some($op);
 
             fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
                 self.topics
@@ -1023,6 +1099,7 @@ simple_split!(
     answer topic: list_offsets_response::ListOffsetsTopicResponse,
     answer partition: list_offsets_response::ListOffsetsPartitionResponse,
     answer index: partition_index,
+    operation: Operation::Describe,
     failed: |_| {}
 );
 
@@ -1033,6 +1110,7 @@ simple_split!(
     answer topic: offset_for_leader_epoch_response::OffsetForLeaderTopicResult,
     answer partition: offset_for_leader_epoch_response::EpochEndOffset,
     answer index: partition,
+    operation: Operation::Describe,
     failed: |_| {}
 );
 
@@ -1042,6 +1120,7 @@ simple_split!(
     answer topic: delete_records_response::DeleteRecordsTopicResult,
     answer partition: delete_records_response::DeleteRecordsPartitionResult,
     answer index: partition_index,
+    operation: Operation::Delete,
     failed: |p| p.low_watermark = -1
 );
 

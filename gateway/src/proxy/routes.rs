@@ -1,24 +1,28 @@
 //! The routes as one client sees them: the gateway's own routes, with the
 //! router plugin (if any) asked first for this client's principal and client
 //! id. Every request takes one [`ClientRoutes`] when it arrives and uses it for
-//! every name it maps, both ways.
+//! every name it maps, both ways, and for every authorization decision: the
+//! ACL rules speak of the names clients use, so they are checked here, before
+//! routing.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::authz::{Authorizer, Operation, Resource, Who};
 use crate::plugins::router::{Route, Shown};
 use crate::plugins::RouterPlugin;
 use crate::routing::{Router, Target};
 
-/// The principal of a client that has not authenticated.
-pub const ANONYMOUS: &str = "ANONYMOUS";
+/// The principal of a client that has not authenticated, as Kafka names it.
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
 
 /// Routes for one client's request. Cheap to clone.
 #[derive(Clone)]
 pub struct ClientRoutes {
     router: Arc<Router>,
     plugin: Option<Arc<RouterPlugin>>,
-    principal: Arc<str>,
+    authz: Option<Arc<Authorizer>>,
+    who: Who,
     client_id: Arc<str>,
 }
 
@@ -27,30 +31,69 @@ impl std::fmt::Debug for ClientRoutes {
         f.debug_struct("ClientRoutes")
             .field("router", &self.router)
             .field("plugin", &self.plugin)
-            .field("principal", &self.principal)
+            .field("principal", &self.who.principal)
             .field("client_id", &self.client_id)
             .finish()
     }
 }
 
 impl ClientRoutes {
-    pub fn new(router: Arc<Router>, plugin: Option<Arc<RouterPlugin>>, principal: &str, client_id: &str) -> Self {
-        Self {
-            router,
-            plugin,
-            principal: Arc::from(principal),
-            client_id: Arc::from(client_id),
-        }
+    pub fn new(
+        router: Arc<Router>,
+        plugin: Option<Arc<RouterPlugin>>,
+        authz: Option<Arc<Authorizer>>,
+        who: &Who,
+        client_id: &str,
+    ) -> Self {
+        Self { router, plugin, authz, who: who.clone(), client_id: Arc::from(client_id) }
     }
 
     /// The gateway's routes alone, for work no client asked for.
     pub fn plain(router: Arc<Router>) -> Self {
-        Self::new(router, None, "", "")
+        let nobody = Who::new("", std::net::IpAddr::from([0, 0, 0, 0]));
+        Self::new(router, None, None, &nobody, "")
     }
 
     /// Who asked: the authenticated principal, or [`ANONYMOUS`].
     pub fn principal(&self) -> &str {
-        &self.principal
+        &self.who.principal
+    }
+
+    /// Whether requests are authorized at all.
+    pub fn authorizes(&self) -> bool {
+        self.authz.is_some()
+    }
+
+    /// Whether this client may do `op` to the resource named `name` (as the
+    /// client names it); the decision is audited under `api`.
+    pub fn may(&self, op: Operation, resource: Resource, name: &str, api: &str) -> bool {
+        self.authz.as_ref().is_none_or(|a| a.decide(&self.who, resource, name, op, api))
+    }
+
+    /// Whether this client may do `op` to the cluster.
+    pub fn may_cluster(&self, op: Operation, api: &str) -> bool {
+        self.may(op, Resource::Cluster, "kafka-cluster", api)
+    }
+
+    /// [`may`](Self::may) without an audit line: for listings, where what the
+    /// client may not describe is simply left out, as Kafka does.
+    pub fn may_quietly(&self, op: Operation, resource: Resource, name: &str) -> bool {
+        self.authz.as_ref().is_none_or(|a| a.allows(&self.who, resource, name, op))
+    }
+
+    /// Whether this client may see topic `name` in a listing.
+    pub fn sees(&self, name: &str) -> bool {
+        self.may_quietly(Operation::Describe, Resource::Topic, name)
+    }
+
+    /// Whether this client may use an idempotent producer: idempotent_write
+    /// on the cluster, or write on any topic (as Kafka allows since 3.0).
+    pub fn may_be_idempotent(&self, api: &str) -> bool {
+        let Some(a) = &self.authz else { return true };
+        let allowed = a.allows(&self.who, Resource::Cluster, "kafka-cluster", Operation::IdempotentWrite)
+            || a.allows_any(&self.who, Resource::Topic, Operation::Write);
+        a.record(&self.who, Resource::Cluster, "kafka-cluster", Operation::IdempotentWrite, api, allowed);
+        allowed
     }
 
     /// The client id of the request.
@@ -68,7 +111,7 @@ impl ClientRoutes {
         let Some(plugin) = &self.plugin else {
             return self.router.topic(name);
         };
-        match plugin.route(name, &self.principal, &self.client_id) {
+        match plugin.route(name, &self.who.principal, &self.client_id) {
             Route::To(cluster, backend) => Some(Target {
                 cluster,
                 backend: if backend == name { Cow::Borrowed(name) } else { Cow::Owned(backend) },
@@ -80,6 +123,7 @@ impl ClientRoutes {
 
     /// The client-visible name of a backend topic of `cluster`; `None`: this
     /// client does not see it.
+    /// With authorization, only topics the client may describe are seen.
     pub fn client_name<'a>(&self, cluster: usize, backend: &'a str) -> Option<Cow<'a, str>> {
         self.client_names(cluster, &[backend]).pop().flatten()
     }
@@ -88,9 +132,12 @@ impl ClientRoutes {
     /// router plugin once for them all.
     pub fn client_names<'a>(&self, cluster: usize, backends: &[&'a str]) -> Vec<Option<Cow<'a, str>>> {
         let Some(plugin) = &self.plugin else {
-            return backends.iter().map(|b| self.router.client_name(cluster, b)).collect();
+            return backends
+                .iter()
+                .map(|b| self.router.client_name(cluster, b).filter(|n| self.sees(n)))
+                .collect();
         };
-        let shown = plugin.client_names(cluster, backends, &self.principal, &self.client_id);
+        let shown = plugin.client_names(cluster, backends, &self.who.principal, &self.client_id);
         backends
             .iter()
             .zip(shown)
@@ -102,8 +149,7 @@ impl ClientRoutes {
                     Shown::Routes => self.router.client_name(cluster, backend)?,
                 };
                 // Shown only if the name leads back here for this client.
-                self.topic(&name)
-                    .is_some_and(|t| t.cluster == cluster && t.backend == backend)
+                (self.topic(&name).is_some_and(|t| t.cluster == cluster && t.backend == backend) && self.sees(&name))
                     .then_some(name)
             })
             .collect()

@@ -20,6 +20,7 @@ use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::{handlers, login, Gateway, ProxyError};
+use crate::authz::Who;
 use crate::backend::SessionConns;
 use crate::codec::{self, CodecError, Request};
 use crate::telemetry;
@@ -45,7 +46,8 @@ where
     telemetry::connection_opened();
     tracing::debug!(%peer, "client connected");
     let mut conns = SessionConns::new(gateway.backends.clone());
-    match serve(&gateway, rd, wr, &principal, &mut conns).await {
+    let who = gateway.who(&principal, peer.ip());
+    match serve(&gateway, rd, wr, who, &mut conns).await {
         Ok(()) => tracing::debug!(%peer, "client closed the connection"),
         Err(e) => tracing::info!(%peer, error = %e, "closing client connection"),
     }
@@ -57,14 +59,13 @@ async fn serve<R, W>(
     gateway: &Arc<Gateway>,
     mut rd: R,
     wr: W,
-    principal: &str,
+    mut who: Who,
     conns: &mut SessionConns,
 ) -> Result<(), ProxyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut principal: Arc<str> = Arc::from(principal);
     let mut login = crate::sasl::Login::default();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -76,6 +77,11 @@ where
     let idle = tokio::time::sleep(gateway.idle_timeout);
     tokio::pin!(idle);
     let mut active = tokio::time::Instant::now();
+    // With SASL, the connection has this long to log in, whatever it sends
+    // (ApiVersions again and again included).
+    let login_deadline = gateway.sasl.as_ref().map(|a| active + a.login_timeout());
+    let login_timer = tokio::time::sleep_until(login_deadline.unwrap_or(active + gateway.idle_timeout));
+    tokio::pin!(login_timer);
     loop {
         // Handle every whole frame already read, as far as max_in_flight allows.
         while answers.len() < gateway.max_in_flight {
@@ -119,7 +125,9 @@ where
                         break;
                     }
                     if let Some(p) = login.principal() {
-                        principal = Arc::from(p);
+                        if *who.principal != *p {
+                            who = gateway.who(&p, who.host);
+                        }
                     }
                     continue;
                 }
@@ -133,7 +141,7 @@ where
                     return Err(ProxyError::Unauthenticated(format!("{api} before SASL authentication")));
                 }
             }
-            match handlers::dispatch(gateway, conns, &lanes, &principal, request).await? {
+            match handlers::dispatch(gateway, conns, &lanes, &who, request).await? {
                 Some(answer) => answers.push_back(Box::pin(
                     answer.map(move |r| (correlation_id, api, started, r)),
                 )),
@@ -186,14 +194,38 @@ where
                 }
                 idle.as_mut().reset(due);
             }
+            () = &mut login_timer, if login_deadline.is_some() && !login.logged_in() => {
+                telemetry::protocol_error("login_timeout");
+                return Err(ProxyError::Unauthenticated("no SASL login in time; connection closed".into()));
+            }
             Some(done) = answers.next(), if !answers.is_empty() => {
                 active = tokio::time::Instant::now();
-                write_answer(&mut wr, done).await?;
-                // Write every other answer that is ready, then flush once.
-                while let Some(Some(done)) = answers.next().now_or_never() {
+                // A client that stops reading its answers cannot hold the
+                // connection (and what it buffers) for ever: before a login
+                // it has until the login deadline, after it the idle timeout.
+                let limit = match login_deadline {
+                    Some(deadline) if !login.logged_in() => deadline,
+                    _ => active + gateway.idle_timeout,
+                };
+                let write = async {
                     write_answer(&mut wr, done).await?;
+                    // Write every other answer that is ready, then flush once.
+                    while let Some(Some(done)) = answers.next().now_or_never() {
+                        write_answer(&mut wr, done).await?;
+                    }
+                    wr.flush().await?;
+                    Ok::<(), ProxyError>(())
+                };
+                match tokio::time::timeout_at(limit, write).await {
+                    Ok(written) => written?,
+                    Err(_) => {
+                        telemetry::protocol_error("write_stalled");
+                        return Err(ProxyError::ClientIo(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client stopped reading its answers",
+                        )));
+                    }
                 }
-                wr.flush().await?;
             }
         }
     }

@@ -29,6 +29,7 @@ use super::{Gateway, ProxyError};
 use crate::backend::SessionConns;
 use crate::codec::Request;
 use super::routes::ClientRoutes;
+use crate::authz::Operation;
 
 /// Config resource types.
 const TOPIC: i8 = 2;
@@ -73,6 +74,7 @@ impl Split for CreateTopicsRequest {
     type Resp = CreateTopicsResponse;
     const WHAT: &'static str = "CreateTopics request";
     const RESP_WHAT: &'static str = "CreateTopics response";
+    const OPERATION: Option<Operation> = Some(Operation::Create);
     const PLACE: Place = Place::Controller;
     const NO_ROUTE: i16 = code::INVALID_TOPIC_EXCEPTION;
     const UNREACHABLE: i16 = code::NOT_CONTROLLER;
@@ -128,6 +130,7 @@ impl Split for DeleteTopicsRequest {
     type Resp = DeleteTopicsResponse;
     const WHAT: &'static str = "DeleteTopics request";
     const RESP_WHAT: &'static str = "DeleteTopics response";
+    const OPERATION: Option<Operation> = Some(Operation::Delete);
     const PLACE: Place = Place::Controller;
     const UNREACHABLE: i16 = code::NOT_CONTROLLER;
 
@@ -210,6 +213,7 @@ impl Split for CreatePartitionsRequest {
     type Resp = CreatePartitionsResponse;
     const WHAT: &'static str = "CreatePartitions request";
     const RESP_WHAT: &'static str = "CreatePartitions response";
+    const OPERATION: Option<Operation> = Some(Operation::Alter);
     const PLACE: Place = Place::Controller;
     const UNREACHABLE: i16 = code::NOT_CONTROLLER;
 
@@ -262,6 +266,8 @@ impl Split for ElectLeadersRequest {
     type Resp = ElectLeadersResponse;
     const WHAT: &'static str = "ElectLeaders request";
     const RESP_WHAT: &'static str = "ElectLeaders response";
+    const OPERATION: Option<Operation> = None;
+    const CLUSTER_OPERATION: Option<Operation> = Some(Operation::Alter);
     const PLACE: Place = Place::Controller;
     const UNREACHABLE: i16 = code::NOT_CONTROLLER;
 
@@ -327,6 +333,11 @@ impl Split for ElectLeadersRequest {
     fn leaders_moved(resp: &Self::Resp) -> bool {
         moved(resp.error_code)
     }
+    fn refused(&self, code: i16) -> Self::Resp {
+        let all: Positions =
+            self.keys().iter().enumerate().flat_map(|(ti, (_, ps))| (0..ps.len()).map(move |pi| (ti, pi))).collect();
+        self.failed(&all, code).with_error_code(code)
+    }
     fn rename(&mut self, names: &Names) -> bool {
         let mut changed = false;
         for t in self.topic_partitions.iter_mut().flatten() {
@@ -363,12 +374,13 @@ fn rename_resource(kind: i8, name: &mut StrBytes, names: &Names) -> bool {
 macro_rules! config_split {
     (
         $req:ty => $resp:ty, $what:literal, $resp_what:literal,
-        answers: $answers:ident, answer: $answer:ty
+        answers: $answers:ident, answer: $answer:ty, operation: $op:expr
     ) => {
         impl Split for $req {
             type Resp = $resp;
             const WHAT: &'static str = $what;
             const RESP_WHAT: &'static str = $resp_what;
+            const OPERATION: Option<Operation> = Some($op);
             const PLACE: Place = Place::Any;
             const UNREACHABLE: i16 = code::REQUEST_TIMED_OUT;
 
@@ -425,14 +437,17 @@ macro_rules! config_split {
 
 config_split!(
     DescribeConfigsRequest => DescribeConfigsResponse, "DescribeConfigs request", "DescribeConfigs response",
-    answers: results, answer: describe_configs_response::DescribeConfigsResult
+    answers: results, answer: describe_configs_response::DescribeConfigsResult,
+    operation: Operation::DescribeConfigs
 );
 config_split!(
     AlterConfigsRequest => AlterConfigsResponse, "AlterConfigs request", "AlterConfigs response",
-    answers: responses, answer: alter_configs_response::AlterConfigsResourceResponse
+    answers: responses, answer: alter_configs_response::AlterConfigsResourceResponse,
+    operation: Operation::AlterConfigs
 );
 config_split!(
     IncrementalAlterConfigsRequest => IncrementalAlterConfigsResponse,
     "IncrementalAlterConfigs request", "IncrementalAlterConfigs response",
-    answers: responses, answer: incremental_alter_configs_response::AlterConfigsResourceResponse
+    answers: responses, answer: incremental_alter_configs_response::AlterConfigsResourceResponse,
+    operation: Operation::AlterConfigs
 );

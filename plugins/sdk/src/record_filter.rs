@@ -212,7 +212,7 @@ impl BatchContext {
             topic,
             cluster: String::new(),
             partition: 0,
-            principal: "ANONYMOUS".to_string(),
+            principal: "User:ANONYMOUS".to_string(),
             client_id: String::new(),
         }
     }
