@@ -275,3 +275,78 @@ def test_acl_mistakes_are_reported_by_check():
     for field in ["authorization.audit", "acls[0].principal", "acls[0].resource", "acls[0].operations[1]",
                   "acls[0].permission"]:
         assert field in out, out
+
+
+def test_an_acl_mapper_plugin_gives_roles_and_decides(broker, tmp_path):
+    """The example acl-mapper maps SASL users to roles and allows by role; the
+    config's rules still apply on top: a deny there wins over the plugin's
+    allow, and a rule may grant a role the plugin gave."""
+    import json
+    from rig import plugin_component
+    for t in ["orders.new", "orders.frozen", "ledger"]:
+        broker.create_topic(t, 1)
+    creds = tmp_path / "users.toml"
+    creds.write_text("".join(sasl_user(u, f"{u}-secret") for u in ["alice", "bob", "mallory"]))
+    mapper = {
+        "principals": {"alice": ["orders-writer"], "bob": ["auditor"]},
+        "rules": [
+            {"role": "orders-writer", "operations": ["write", "create"], "resource": "topic", "prefix": "orders."},
+            {"role": "auditor", "operations": ["read"], "resource": "topic", "prefix": "orders."},
+            {"role": "auditor", "operations": ["read"], "resource": "group", "prefix": "audit-"},
+        ],
+    }
+    plugin = (
+        "[[plugins]]\nname = \"roles\"\nkind = \"acl-mapper\"\n"
+        f"path = {json.dumps(plugin_component('acl-mapper'))}\nconfig = {json.dumps(json.dumps(mapper))}\n"
+    )
+    rules = """
+[[acls]]
+principal = "User:alice"
+resource = "topic"
+name = "orders.frozen"
+operations = ["write"]
+permission = "deny"
+
+[[acls]]
+principal = "Role:auditor"
+resource = "topic"
+name = "ledger"
+operations = ["read"]
+"""
+    config = (
+        '[gateway]\nlisten = "{listen}"\n'
+        f'[gateway.sasl]\nmechanisms = ["SCRAM-SHA-256"]\ncredentials = "{creds}"\n'
+        '[admin]\nlisten = "{admin}"\n'
+        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\nhealth_interval_ms = 500\n'
+        + (plugin + rules).replace("{", "{{").replace("}", "}}")
+    )
+    g = Gateway(config=config)
+    try:
+        g.wait_ready()
+        assert deliver(g.addr, "orders.new", b"o-1", "alice") is None
+        assert deliver(g.addr, "ledger", b"l-1", "alice").code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        # The plugin allows orders.*, the config denies orders.frozen: denied.
+        assert deliver(g.addr, "orders.frozen", b"x", "alice").code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        assert read_partition(broker.addr, "orders.frozen", 0) == []
+
+        assert consume(g.addr, "orders.new", "audit-1", "bob") == [b"o-1"]
+        assert deliver(g.addr, "orders.new", b"forged", "bob").code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        err = consume(g.addr, "orders.new", "billing", "bob")
+        assert isinstance(err, KafkaError) and err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED, err
+        # A config rule for a role the plugin gave.
+        from clients import produce_confluent
+        produce_confluent(broker.addr, "ledger", [(b"k", b"l-0", [])])
+        assert consume(g.addr, "ledger", "audit-2", "bob") == [b"l-0"]
+
+        # A user the plugin gives no roles may do nothing.
+        assert deliver(g.addr, "orders.new", b"m", "mallory").code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        assert visible(g.addr, "mallory") & {"orders.new", "ledger"} == set()
+
+        m = g.metrics()
+        assert m['causeway_plugin_calls_total{plugin="roles"}'] >= 3
+        out = g.process.output()
+        assert 'principal=User:alice' in out and 'name="orders.frozen" decision="deny"' in out
+        status, body = g.get("/plugins")
+        assert status == 200 and '"acl-mapper"' in body
+    finally:
+        g.close()

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::config::Problem;
+use crate::plugins::AclMapperPlugin;
 
 /// `[authorization]`: what applies to every rule.
 #[derive(Debug, Clone, Deserialize)]
@@ -248,10 +249,14 @@ pub struct Authorizer {
     audit: Audit,
     /// Principal to its `Role:NAME`s.
     roles: HashMap<String, Vec<Arc<str>>>,
+    /// The ACL-mapper plugin: asked what no rule allows (and no rule denies).
+    mapper: Option<Arc<AclMapperPlugin>>,
 }
 
-/// Every problem in `[authorization]` and `[[acls]]`.
-pub fn validate(config: Option<&AuthorizationConfig>, acls: &[AclConfig]) -> Vec<Problem> {
+/// Every problem in `[authorization]` and `[[acls]]`; `mapped_roles`: an
+/// ACL-mapper plugin gives roles too, so a role the config does not define
+/// may be the plugin's.
+pub fn validate(config: Option<&AuthorizationConfig>, acls: &[AclConfig], mapped_roles: bool) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut problem = |field: String, message: String| out.push(Problem { field, message });
     let roles: HashSet<&str> = config.map(|c| c.roles.keys().map(String::as_str).collect()).unwrap_or_default();
@@ -279,7 +284,7 @@ pub fn validate(config: Option<&AuthorizationConfig>, acls: &[AclConfig]) -> Vec
         let field = |f: &str| format!("acls[{i}].{f}");
         match acl.principal.split_once(':') {
             Some(("User", name)) if !name.is_empty() => {}
-            Some(("Role", name)) if roles.contains(name) => {}
+            Some(("Role", name)) if !name.is_empty() && (mapped_roles || roles.contains(name)) => {}
             Some(("Role", name)) => problem(
                 field("principal"),
                 format!("role '{name}' is not defined; add it to [authorization.roles]"),
@@ -332,9 +337,14 @@ pub fn validate(config: Option<&AuthorizationConfig>, acls: &[AclConfig]) -> Vec
 
 impl Authorizer {
     /// The authorizer for a validated config; `None` when the config asks
-    /// for no authorization (no `[authorization]` and no `[[acls]]`).
-    pub fn from_config(config: Option<&AuthorizationConfig>, acls: &[AclConfig]) -> Option<Self> {
-        if config.is_none() && acls.is_empty() {
+    /// for no authorization (no `[authorization]`, no `[[acls]]` and no
+    /// ACL-mapper plugin).
+    pub fn from_config(
+        config: Option<&AuthorizationConfig>,
+        acls: &[AclConfig],
+        mapper: Option<Arc<AclMapperPlugin>>,
+    ) -> Option<Self> {
+        if config.is_none() && acls.is_empty() && mapper.is_none() {
             return None;
         }
         let default = AuthorizationConfig::default();
@@ -376,7 +386,13 @@ impl Authorizer {
                 _ => Audit::Denied,
             },
             roles,
+            mapper,
         })
+    }
+
+    /// The ACL-mapper plugin, if one maps principals.
+    pub fn mapper(&self) -> Option<&Arc<AclMapperPlugin>> {
+        self.mapper.as_ref()
     }
 
     /// The roles the config gives `principal`.
@@ -407,13 +423,22 @@ impl Authorizer {
                 return false;
             }
         }
-        allowed || (!named && self.allow_if_no_acls)
+        if allowed {
+            return true;
+        }
+        match &self.mapper {
+            Some(m) => m.authorize(&who.principal, &who.roles, op, resource, name),
+            None => !named && self.allow_if_no_acls,
+        }
     }
 
     /// Whether any rule lets `who` do `op` to some resource of this type
     /// (Kafka lets a producer that may write to any topic be idempotent).
+    /// An ACL mapper cannot be asked that; with one, the answer is yes, and
+    /// each produce is still checked topic by topic.
     pub fn allows_any(&self, who: &Who, resource: Resource, op: Operation) -> bool {
-        self.super_users.contains(&*who.principal)
+        self.mapper.is_some()
+            || self.super_users.contains(&*who.principal)
             || self
                 .rules
                 .iter()
@@ -467,8 +492,8 @@ mod tests {
     }
 
     fn authorizer(config: AuthorizationConfig, acls: &[AclConfig]) -> Authorizer {
-        assert_eq!(validate(Some(&config), acls), vec![]);
-        Authorizer::from_config(Some(&config), acls).expect("an authorizer")
+        assert_eq!(validate(Some(&config), acls, false), vec![]);
+        Authorizer::from_config(Some(&config), acls, None).expect("an authorizer")
     }
 
     #[test]
@@ -544,7 +569,9 @@ mod tests {
             acl("alice", "cluster", "*", "prefixed", &[], "allow"),
             bad_host,
         ];
-        let fields: Vec<String> = validate(Some(&config), &acls).into_iter().map(|p| p.field).collect();
+        let fields: Vec<String> = validate(Some(&config), &acls, false).into_iter().map(|p| p.field).collect();
+        // Roles an ACL mapper gives need no definition.
+        assert!(!validate(None, &acls[..1], true).iter().any(|p| p.field == "acls[0].principal"));
         assert_eq!(
             fields,
             [

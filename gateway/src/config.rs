@@ -333,7 +333,8 @@ impl Config {
                 problem(&p.field, p.message);
             }
         }
-        for p in crate::authz::validate(self.authorization.as_ref(), &self.acls) {
+        let mapped_roles = self.plugins.iter().any(|p| p.kind == "acl-mapper");
+        for p in crate::authz::validate(self.authorization.as_ref(), &self.acls, mapped_roles) {
             problem(&p.field, p.message);
         }
         if self.gateway.max_in_flight == 0 || self.gateway.max_in_flight > 65_536 {

@@ -74,8 +74,8 @@ pub async fn start(
         tracing::info!(mechanisms = ?auth.names(), "clients must authenticate");
         gateway.sasl = Some(auth);
     }
-    if let Some(authz) = authz::Authorizer::from_config(config.authorization.as_ref(), &config.acls) {
-        tracing::info!(rules = config.acls.len(), "clients are authorized by ACL rules");
+    if let Some(authz) = authz::Authorizer::from_config(config.authorization.as_ref(), &config.acls, plugins.acl.clone()) {
+        tracing::info!(rules = config.acls.len(), mapper = plugins.acl.is_some(), "clients are authorized");
         gateway.authz = Some(Arc::new(authz));
     }
     gateway.set_bound_port(kafka_addr, config.gateway.advertised.is_some());

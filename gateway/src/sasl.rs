@@ -596,6 +596,11 @@ impl Login {
         self.user.is_some() && self.expires.is_none_or(|t| now < t)
     }
 
+    /// The user name of the last login.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
     /// Whether the connection logged in at least once.
     pub fn logged_in(&self) -> bool {
         self.user.is_some()

@@ -8,7 +8,9 @@
 //! while its failure policy applies without calling it. The gateway never stops
 //! for a plugin.
 
+pub mod acl;
 pub mod batches;
+pub mod cache;
 pub mod filter;
 pub mod router;
 pub mod sandbox;
@@ -22,6 +24,7 @@ use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, P
 
 use crate::config::Problem;
 
+pub use acl::AclMapperPlugin;
 pub use filter::{FilterChain, Outcome};
 pub use router::RouterPlugin;
 
@@ -34,7 +37,7 @@ pub const TICK: Duration = Duration::from_millis(5);
 pub struct PluginConfig {
     /// A name for logs and metrics.
     pub name: String,
-    /// `record-filter` or `router`.
+    /// `record-filter`, `router` or `acl-mapper`.
     pub kind: String,
     /// The component file (`.wasm`).
     pub path: String,
@@ -76,7 +79,7 @@ impl PluginConfig {
 }
 
 /// The plugin kinds Causeway runs.
-const KINDS: [&str; 2] = ["record-filter", "router"];
+const KINDS: [&str; 3] = ["record-filter", "router", "acl-mapper"];
 fn default_topics() -> String {
     "*".into()
 }
@@ -106,7 +109,10 @@ pub fn validate(plugins: &[PluginConfig], clusters: &[String]) -> Vec<Problem> {
         if !KINDS.contains(&p.kind.as_str()) {
             problem(
                 format!("{base}.kind"),
-                format!("'{}' is not a plugin kind Causeway runs; use \"record-filter\" or \"router\"", p.kind),
+                format!(
+                    "'{}' is not a plugin kind Causeway runs; use \"record-filter\", \"router\" or \"acl-mapper\"",
+                    p.kind
+                ),
             );
         }
         if p.kind == "router" {
@@ -118,6 +124,20 @@ pub fn validate(plugins: &[PluginConfig], clusters: &[String]) -> Vec<Problem> {
             }
             if !p.clusters.is_empty() {
                 problem(format!("{base}.clusters"), "is for record filters; a router chooses the cluster".into());
+            }
+        }
+        if p.kind == "acl-mapper" {
+            if plugins.iter().take(i).any(|q| q.kind == "acl-mapper") {
+                problem(format!("{base}.kind"), "a second acl-mapper; Causeway runs one".into());
+            }
+            if p.on.is_some() || !p.clusters.is_empty() || p.topics != "*" || !p.principals.is_empty() {
+                problem(
+                    base.clone(),
+                    "on, clusters, topics and principals are for filters and routers; an acl-mapper sees every request".into(),
+                );
+            }
+            if p.on_error != "reject" {
+                problem(format!("{base}.on_error"), "an acl-mapper always fails closed; remove on_error".into());
             }
         }
         if !std::path::Path::new(&p.path).is_file() {
@@ -222,6 +242,7 @@ pub struct Plugins {
     /// Record filters, in config order.
     pub filters: Arc<FilterChain>,
     pub router: Option<Arc<RouterPlugin>>,
+    pub acl: Option<Arc<AclMapperPlugin>>,
 }
 
 impl Plugins {
@@ -229,7 +250,8 @@ impl Plugins {
     pub fn list(&self) -> Vec<(&str, &'static str, &str)> {
         let filters = self.filters.filters().iter().map(|f| (&*f.sandbox.name, "record-filter", f.sandbox.path.as_str()));
         let router = self.router.iter().map(|r| (&*r.sandbox.name, "router", r.sandbox.path.as_str()));
-        filters.chain(router).collect()
+        let acl = self.acl.iter().map(|a| (&*a.sandbox.name, "acl-mapper", a.sandbox.path.as_str()));
+        filters.chain(router).chain(acl).collect()
     }
 
     /// Reloads the named plugin (every plugin with `None`); each name with
@@ -239,24 +261,30 @@ impl Plugins {
         if let Some(r) = self.router.as_ref().filter(|r| name.is_none_or(|n| *r.sandbox.name == *n)) {
             out.push((r.sandbox.name.to_string(), r.reload().map_err(|e| format!("{e:#}"))));
         }
+        if let Some(a) = self.acl.as_ref().filter(|a| name.is_none_or(|n| *a.sandbox.name == *n)) {
+            out.push((a.sandbox.name.to_string(), a.reload().map_err(|e| format!("{e:#}"))));
+        }
         out
     }
 
     /// Reloads every plugin whose component file changed, every `every`, for
     /// as long as the plugins live.
     fn watch(&self, every: Duration) {
-        if self.filters.is_empty() && self.router.is_none() {
+        if self.filters.is_empty() && self.router.is_none() && self.acl.is_none() {
             return;
         }
         let filters = Arc::downgrade(&self.filters);
         let router = self.router.as_ref().map(Arc::downgrade);
+        let acl = self.acl.as_ref().map(Arc::downgrade);
         let spawned = std::thread::Builder::new().name("plugin-watch".into()).spawn(move || loop {
             std::thread::sleep(every);
             let Some(filters) = filters.upgrade() else { return };
             let outcomes = filters.filters().iter().map(|f| (f.sandbox.name.clone(), f.sandbox.reload_if_changed()));
             let router = router.as_ref().and_then(|r| r.upgrade());
             let routed = router.iter().map(|r| (r.sandbox.name.clone(), r.reload_if_changed()));
-            for (plugin, outcome) in outcomes.chain(routed) {
+            let acl = acl.as_ref().and_then(|a| a.upgrade());
+            let mapped = acl.iter().map(|a| (a.sandbox.name.clone(), a.reload_if_changed()));
+            for (plugin, outcome) in outcomes.chain(routed).chain(mapped) {
                 if let Some(Err(e)) = outcome {
                     tracing::error!(plugin = %plugin, error = %format!("{e:#}"), "changed plugin file not loaded; the old code stays");
                 }
@@ -277,15 +305,18 @@ pub fn load(plugins: &[PluginConfig], clusters: &[String]) -> anyhow::Result<Plu
     let engine = engine(max)?;
     let mut chain = FilterChain::default();
     let mut router = None;
+    let mut acl = None;
     for p in plugins {
         match p.kind.as_str() {
             "router" => router = Some(Arc::new(RouterPlugin::load(&engine, p, clusters)?)),
+            "acl-mapper" => acl = Some(Arc::new(AclMapperPlugin::load(&engine, p)?)),
             _ => chain.push(filter::Filter::load(&engine, p)?),
         }
     }
     let loaded = Plugins {
         filters: Arc::new(chain),
         router,
+        acl,
     };
     loaded.watch(Duration::from_secs(2));
     Ok(loaded)
@@ -332,6 +363,10 @@ mod tests {
         assert_eq!(fields(&[r]), vec!["plugins[0].on", "plugins[0].clusters"]);
         assert_eq!(fields(&[plugin("a", "router"), plugin("b", "router")]), vec!["plugins[1].kind"]);
         assert_eq!(fields(&[plugin("a", "acl")]), vec!["plugins[0].kind"]);
+        let mut a = plugin("a", "acl-mapper");
+        a.on_error = "pass".into();
+        a.topics = "orders.*".into();
+        assert_eq!(fields(&[a, plugin("b", "acl-mapper")]), vec!["plugins[0]", "plugins[0].on_error", "plugins[1].kind"]);
         let mut f = plugin("f", "record-filter");
         f.on = Some(Vec::new());
         assert_eq!(fields(&[f]), vec!["plugins[0].on"]);

@@ -97,6 +97,30 @@ impl Gateway {
         routes::ClientRoutes::new(self.router.get(), self.router_plugin.clone(), self.authz.clone(), who, client_id)
     }
 
+    /// With an ACL mapper: the client as the plugin maps it (roles from the
+    /// plugin and from the rules), and until when that holds; the plugin's
+    /// refusal otherwise. `None` without a mapper.
+    pub fn mapped_who(
+        &self,
+        identity: &crate::plugins::acl::Identity,
+        client_id: &str,
+    ) -> Option<Result<(crate::authz::Who, std::time::Instant), String>> {
+        let authz = self.authz.as_ref()?;
+        let mapper = authz.mapper()?;
+        Some(mapper.map(identity, client_id).map(|m| {
+            let mut who = crate::authz::Who::new(&m.principal, identity.peer);
+            let mut roles: Vec<Arc<str>> = m.roles.iter().map(|r| Arc::from(r.as_str())).collect();
+            roles.extend(authz.roles_of(&m.principal));
+            who.roles = Arc::from(roles);
+            (who, std::time::Instant::now() + std::time::Duration::from_millis(u64::from(m.ttl_ms)))
+        }))
+    }
+
+    /// Whether an ACL mapper names the principals.
+    pub fn maps_principals(&self) -> bool {
+        self.authz.as_ref().is_some_and(|a| a.mapper().is_some())
+    }
+
     /// The identity of a client connection: its principal, with the roles
     /// the rules give it, and its address.
     pub fn who(&self, principal: &str, host: std::net::IpAddr) -> crate::authz::Who {

@@ -67,6 +67,13 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut login = crate::sasl::Login::default();
+    // The certificate subject, for an ACL mapper (the TLS principal is
+    // `User:` and the subject).
+    let tls_subject = (*who.principal != *super::routes::ANONYMOUS)
+        .then(|| who.principal.strip_prefix("User:").map(str::to_string))
+        .flatten();
+    // The ACL mapper's last answer: for which client id and login, until when.
+    let mut mapped: Option<(String, Option<String>, Who, Instant)> = None;
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -141,7 +148,32 @@ where
                     return Err(ProxyError::Unauthenticated(format!("{api} before SASL authentication")));
                 }
             }
-            match handlers::dispatch(gateway, conns, &lanes, &who, request).await? {
+            let mapped_who = if gateway.maps_principals() && request.api_key != kafka_protocol::messages::ApiKey::ApiVersions {
+                let client_id = request.header.client_id.as_deref().unwrap_or("");
+                let user = login.user();
+                let fresh = mapped.as_ref().is_some_and(|(c, u, _, until)| {
+                    c == client_id && u.as_deref() == user && Instant::now() < *until
+                });
+                if !fresh {
+                    let identity = crate::plugins::acl::Identity {
+                        sasl_user: user.map(str::to_string),
+                        tls_subject: tls_subject.clone(),
+                        peer: who.host,
+                    };
+                    match gateway.mapped_who(&identity, client_id) {
+                        Some(Ok((w, until))) => mapped = Some((client_id.to_string(), user.map(str::to_string), w, until)),
+                        Some(Err(why)) => {
+                            telemetry::protocol_error("acl_mapper_refused");
+                            return Err(ProxyError::Unauthenticated(format!("the ACL mapper refused this client: {why}")));
+                        }
+                        None => {}
+                    }
+                }
+                mapped.as_ref().map(|(_, _, w, _)| w)
+            } else {
+                None
+            };
+            match handlers::dispatch(gateway, conns, &lanes, mapped_who.unwrap_or(&who), request).await? {
                 Some(answer) => answers.push_back(Box::pin(
                     answer.map(move |r| (correlation_id, api, started, r)),
                 )),
