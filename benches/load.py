@@ -2,7 +2,8 @@
 measured in one run against the tansu broker directly, Causeway in front of it,
 and `tansu proxy` in front of it (a peer Rust Kafka proxy); and, unless
 --no-plugin, Causeway with the pass-through record filter on every produce and
-fetch, and Causeway with the tenant router renaming every topic.
+fetch, and Causeway with the tenant router renaming every topic; and Causeway
+checking 100 ACL rules on every request.
 
 The client is librdkafka (confluent-kafka). Every target gets the same workload on
 its own topics, in interleaved rounds so drift in the machine affects all alike;
@@ -176,6 +177,23 @@ def main():
         "causeway": (gateway.addr, gateway.process.pid(), "rdkafka", ""),
         "tansu proxy": (proxy.addr, proxy.process.pid(), "rdkafka", ""),
     }
+    # The same gateway authorizing every request against 100 ACL rules, the
+    # one that allows the bench last, as a real rule set would have it.
+    rules = "".join(
+        f'[[acls]]\nprincipal = "User:tenant-{i}"\nresource = "topic"\nname = "tenant-{i}."\n'
+        'pattern = "prefixed"\noperations = ["read", "write"]\n'
+        for i in range(98)
+    )
+    rules += ('[[acls]]\nprincipal = "User:*"\nresource = "group"\noperations = ["read"]\n'
+              '[[acls]]\nprincipal = "User:*"\nresource = "topic"\nname = "bench-"\npattern = "prefixed"\n'
+              'operations = ["read", "write"]\n')
+    config = (
+        '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
+        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n[authorization]\n' + rules
+    )
+    authorized = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
+    authorized.wait_ready()
+    targets["causeway + 100 ACL rules"] = (authorized.addr, authorized.process.pid(), "rdkafka", "")
     filtered = routed = None
     if not args.no_plugin:
         # The same gateway with the pass-through record filter on every produce
@@ -238,7 +256,7 @@ def main():
     finally:
         proxy.close()
         gateway.close()
-        for extra in (filtered, routed):
+        for extra in (filtered, routed, authorized):
             if extra is not None:
                 extra.close()
         broker.close()
@@ -294,6 +312,13 @@ def main():
             f"produce {100 * against_causeway(name, 'produce_mbs'):.0f}%, "
             f"consume {100 * against_causeway(name, 'consume_mbs'):.0f}%.",
         ]
+    name = "causeway + 100 ACL rules"
+    lines += [
+        "",
+        f"Checking 100 ACL rules on every request, against Causeway without rules (same rounds): "
+        f"produce {100 * against_causeway(name, 'produce_mbs'):.0f}%, "
+        f"consume {100 * against_causeway(name, 'consume_mbs'):.0f}%.",
+    ]
     table = "\n".join(lines)
     print()
     print(table)
