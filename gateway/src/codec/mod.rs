@@ -80,7 +80,7 @@ pub fn pending_frame_len(buf: &[u8], max: usize) -> Option<usize> {
 }
 
 /// A request frame with its header decoded and its body left as bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     pub api_key: ApiKey,
     pub header: RequestHeader,
@@ -88,6 +88,17 @@ pub struct Request {
     pub frame: Bytes,
     /// Where the body starts within `frame`.
     pub body_offset: usize,
+}
+
+/// The body stays out of logs and panics: it may hold a SASL PLAIN password.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("api_key", &self.api_key)
+            .field("header", &self.header)
+            .field("bytes", &self.frame.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {

@@ -41,7 +41,8 @@ pub fn step(auth: &Authenticator, login: &mut Login, req: &Request) -> Result<(B
             .with_mechanisms(auth.names().into_iter().map(StrBytes::from_string).collect());
         if !ok {
             telemetry::sasl_login(false);
-            tracing::info!(mechanism = %body.mechanism.as_str(), "SASL mechanism not offered");
+            // Debug-quoted: the name is the client's, and may hold anything.
+            tracing::info!(mechanism = ?body.mechanism.as_str(), "SASL mechanism not offered");
         }
         return Ok((encode_response(&answer, version, header, "SaslHandshake response")?, !ok));
     }
