@@ -302,3 +302,61 @@ def test_check_refuses_bad_routes(routes, expect):
     assert code == 1, out
     for text in expect:
         assert text in out, out
+
+
+# --- the admin token ---------------------------------------------------------------
+
+
+def admin_request(gw, method, path, token=None, body=None):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://{gw.admin}{path}", data=body, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode(), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), {k.lower(): v for k, v in e.headers.items()}
+
+
+@pytest.mark.parametrize("open_metrics", [True, False])
+def test_a_token_guards_routes_and_plugins(backends, open_metrics):
+    token = "s3cret-admin-token-0123456789"
+    config = clusters_config(addrs(backends), routes_for("east")).replace(
+        "[admin]\n", f'[admin]\ntoken_env = "ADMIN_TOKEN"\nopen_metrics = {str(open_metrics).lower()}\n', 1)
+    gw = Gateway(config=config, extra_env={"ADMIN_TOKEN": token})
+    try:
+        for method, path, body in [("GET", "/routes", None), ("PUT", "/routes", b'{"routes": []}'),
+                                   ("POST", "/reload", b""), ("GET", "/plugins", None),
+                                   ("POST", "/plugins/x/reload", b"")]:
+            for wrong in (None, "wrong", token[:-1], token + "x"):
+                status, text, headers = admin_request(gw, method, path, wrong, body)
+                assert status == 401, (method, path, wrong, status, text)
+                assert headers.get("www-authenticate") == "Bearer"
+        # Nothing changed, and with the token the same calls work.
+        status, text, _ = admin_request(gw, "GET", "/routes", token)
+        assert status == 200 and '"moving.*"' in text, text
+        status, text, _ = admin_request(gw, "GET", "/plugins", token)
+        assert status == 200, text
+        for path in ("/metrics", "/healthz", "/readyz"):
+            status, _, _ = admin_request(gw, "GET", path)
+            assert status == (200 if open_metrics else 401), path
+            assert admin_request(gw, "GET", path, token)[0] == 200
+        status, text, _ = admin_request(gw, "GET", "/metrics", token)
+        assert "causeway_admin_unauthorized_total" in text
+        assert token not in gw.process.output()
+    finally:
+        gw.close()
+
+
+def test_check_reports_admin_token_mistakes(tmp_path):
+    base = clusters_config({"main": "127.0.0.1:19092"}, [], listen="127.0.0.1:9092", admin="127.0.0.1:9644")
+    for extra, field in [('token_env = "CAUSEWAY_NO_SUCH_VARIABLE"\n', "admin.token_env"),
+                         (f'token_file = "{tmp_path / "missing"}"\n', "admin.token_file")]:
+        r = causeway_check(base.replace("[admin]\n", "[admin]\n" + extra, 1))
+        assert r.returncode == 1 and field in r.stdout + r.stderr, r.stdout + r.stderr
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    r = causeway_check(base.replace("[admin]\n", f'[admin]\ntoken_file = "{short}"\n', 1))
+    assert r.returncode == 1 and "16 characters" in r.stdout + r.stderr

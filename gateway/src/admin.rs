@@ -1,7 +1,10 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process
 //! serves), `/readyz` (which backend clusters answer), and the routes: `GET /routes`,
 //! `PUT /routes` (JSON `{"routes": [...]}`) and `POST /reload` (re-read the config
-//! file).
+//! file), and the plugins (`GET /plugins`, `POST /plugins/NAME/reload`).
+//!
+//! With a token configured, every request but the open metrics and health
+//! ones must carry `Authorization: Bearer TOKEN`; others get 401.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +33,25 @@ pub struct Admin {
     pub backends: Backends,
     pub routes: Arc<RouteControl>,
     pub plugins: crate::plugins::Plugins,
+    /// The bearer token required; every request is let in when `None`.
+    pub token: Option<String>,
+    /// Whether metrics and health answer without the token.
+    pub open_metrics: bool,
+}
+
+/// Whether `req` carries the bearer token (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    // Equal lengths first would leak the length; HMAC both sides instead.
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"causeway admin token");
+    let expected = ring::hmac::sign(&key, token.as_bytes());
+    ring::hmac::verify(&key, given.as_bytes(), expected.as_ref()).is_ok()
 }
 
 /// Serves admin requests until the listener fails.
@@ -60,6 +82,15 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(token) = &admin.token {
+        let open = admin.open_metrics && matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz");
+        if !open && !authorized(&req, token) {
+            telemetry::admin_refused();
+            let mut resp = reply(StatusCode::UNAUTHORIZED, "text/plain", "a bearer token is required: Authorization: Bearer TOKEN\n".into());
+            resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/routes") => routes_reply(StatusCode::OK, &admin.routes.current()),
         (&Method::PUT, "/routes") => {

@@ -75,13 +75,56 @@ pub struct GatewayConfig {
     pub sasl: Option<crate::sasl::SaslConfig>,
 }
 
-/// The admin HTTP endpoint: metrics and health.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// The admin HTTP endpoint: metrics, health, routes and plugins.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address for `/metrics`, `/healthz` and `/readyz`; off when absent.
     #[serde(default)]
     pub listen: Option<String>,
+    /// An environment variable holding the bearer token the route and plugin
+    /// endpoints require.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A file holding that token (its first line), instead.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// Whether `/metrics`, `/healthz` and `/readyz` answer without the token.
+    #[serde(default = "default_true")]
+    pub open_metrics: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: None, token_env: None, token_file: None, open_metrics: true }
+    }
+}
+
+impl AdminConfig {
+    /// The bearer token, if one is configured: `Err` says why it cannot be read.
+    pub fn token(&self) -> Result<Option<String>, Problem> {
+        let problem = |field: &str, message: String| Problem { field: format!("admin.{field}"), message };
+        match (&self.token_env, &self.token_file) {
+            (Some(_), Some(_)) => Err(problem("token_env", "give token_env or token_file, not both".into())),
+            (Some(var), None) => match std::env::var(var) {
+                Ok(t) if t.trim().len() >= 16 => Ok(Some(t.trim().to_string())),
+                Ok(_) => Err(problem("token_env", format!("${var} holds fewer than 16 characters; use a long random token"))),
+                Err(_) => Err(problem("token_env", format!("${var} is not set"))),
+            },
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) => match text.lines().next().map(str::trim) {
+                    Some(t) if t.len() >= 16 => Ok(Some(t.to_string())),
+                    _ => Err(problem("token_file", format!("'{path}' holds no token of 16 characters or more"))),
+                },
+                Err(e) => Err(problem("token_file", format!("cannot read '{path}': {e}"))),
+            },
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// One backend Kafka cluster.
@@ -192,6 +235,11 @@ impl Config {
             if let Some(sasl) = &mut config.gateway.sasl {
                 crate::sasl::resolve_paths(sasl, dir);
             }
+            if let Some(path) = &mut config.admin.token_file {
+                if Path::new(path.as_str()).is_relative() {
+                    *path = dir.join(&*path).display().to_string();
+                }
+            }
             for cluster in config.clusters.values_mut() {
                 if let Some(tls) = &mut cluster.tls {
                     for path in [Some(&mut tls.ca), tls.cert.as_mut(), tls.key.as_mut()].into_iter().flatten() {
@@ -247,7 +295,7 @@ impl Config {
                 tls: None,
                 sasl: None,
             },
-            admin: AdminConfig { listen: admin },
+            admin: AdminConfig { listen: admin, ..AdminConfig::default() },
             clusters,
             routes: Vec::new(),
             plugins: Vec::new(),
@@ -334,6 +382,9 @@ impl Config {
             }
         }
         let mapped_roles = self.plugins.iter().any(|p| p.kind == "acl-mapper");
+        if let Err(p) = self.admin.token() {
+            problem(&p.field, p.message);
+        }
         for p in crate::authz::validate(self.authorization.as_ref(), &self.acls, mapped_roles) {
             problem(&p.field, p.message);
         }

@@ -91,7 +91,12 @@ pub async fn start(
                 backends: backends.clone(),
                 routes: routes.clone(),
                 plugins: plugins.clone(),
+                token: config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?,
+                open_metrics: config.admin.open_metrics,
             });
+            if admin.token.is_none() && !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "the admin endpoint takes route and plugin changes from anyone who reaches it; set admin.token_env");
+            }
             tokio::spawn(admin::serve(admin, admin_listener));
             Some(bound)
         }

@@ -15,6 +15,7 @@ const PROTOCOL_ERRORS: &str = "causeway_client_protocol_errors_total";
 const TLS_FAILURES: &str = "causeway_client_tls_handshake_failures_total";
 const SASL_LOGINS: &str = "causeway_client_sasl_logins_total";
 const AUTHORIZATION: &str = "causeway_authorization_decisions_total";
+const ADMIN_REFUSED: &str = "causeway_admin_unauthorized_total";
 const CONNECTIONS_REFUSED: &str = "causeway_client_connections_refused_total";
 const IDLE_CLOSED: &str = "causeway_client_idle_closed_total";
 const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
@@ -56,6 +57,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Client connections closed on accept, by the limit they were over.");
     describe_counter!(IDLE_CLOSED, Unit::Count, "Client connections closed for sitting idle.");
     describe_counter!(SASL_LOGINS, Unit::Count, "Client SASL logins, by outcome (ok, refused).");
+    describe_counter!(ADMIN_REFUSED, Unit::Count, "Admin requests refused for a missing or wrong bearer token.");
     describe_counter!(AUTHORIZATION, Unit::Count, "Authorization decisions on requests, by resource type and decision.");
     describe_counter!(TLS_FAILURES, Unit::Count, "Client TLS handshakes that failed, by reason (refused, timeout).");
     describe_counter!(
@@ -112,6 +114,10 @@ pub fn idle_closed() {
 
 pub fn authorization(resource: &'static str, allowed: bool) {
     counter!(AUTHORIZATION, "resource" => resource, "decision" => if allowed { "allow" } else { "deny" }).increment(1);
+}
+
+pub fn admin_refused() {
+    counter!(ADMIN_REFUSED).increment(1);
 }
 
 pub fn sasl_login(ok: bool) {
