@@ -101,9 +101,86 @@ def test_a_wrong_backend_password_keeps_the_cluster_down_and_says_why(secured):
 def test_backend_security_mistakes_are_reported_by_check(tmp_path):
     text = ('[gateway]\nlisten = "127.0.0.1:0"\n[clusters.main]\nbootstrap = ["127.0.0.1:9"]\n'
             '[clusters.main.tls]\nca = "/nonexistent/ca.pem"\ncert = "/nonexistent/c.pem"\n'
-            '[clusters.main.sasl]\nmechanism = "GSSAPI"\nusername = "svc"\npassword_env = "UNSET_PASSWORD_VAR"\n')
+            '[clusters.main.sasl]\nmechanism = "GSSAPI"\nusername = "svc"\npassword_env = "UNSET_PASSWORD_VAR"\n'
+            '[clusters.main.sasl.principals.alice]\nusername = ""\npassword_env = "UNSET_ALICE_VAR"\n')
     r = causeway_check(text)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
-    for field in ("clusters.main.tls.ca", "clusters.main.sasl.mechanism", "clusters.main.sasl.password_env"):
+    for field in ("clusters.main.tls.ca", "clusters.main.sasl.mechanism", "clusters.main.sasl.password_env",
+                  'clusters.main.sasl.principals."alice"', 'clusters.main.sasl.principals."alice".username',
+                  'clusters.main.sasl.principals."alice".password_env'):
         assert field in out, out
+
+
+def scram_users(path, *names):
+    out = ""
+    for name in names:
+        r = subprocess.run([str(causeway_bin()), "sasl-user", name, "--iterations", "4096"],
+                           input=f"{name}-secret\n", capture_output=True, text=True, timeout=30, check=True)
+        out += r.stdout
+    path.write_text(out)
+    return path
+
+
+def test_client_principals_log_in_to_the_backend_as_themselves(tmp_path):
+    """[clusters.NAME.sasl.principals]: alice and bob reach the backend with
+    their own logins, so the backend's ACLs (here a Causeway authorizing by
+    rules) judge them, not Causeway's service account; a principal without an
+    entry uses the service account."""
+    make_ca(tmp_path, "ca")
+    make_cert(tmp_path, "server", "/O=Causeway Tests/CN=secured", "ca", server=True)
+    backend_users = scram_users(tmp_path / "backend-users.toml", "svc", "alice-svc", "bob-svc")
+    client_users = scram_users(tmp_path / "client-users.toml", "alice", "bob", "carol")
+    broker = Tansu()
+    broker.create_topic("priv.ledger", 1)
+    backend_config = (
+        '[gateway]\nlisten = "{listen}"\n'
+        f'[gateway.tls]\ncert = "{tmp_path / "server.pem"}"\nkey = "{tmp_path / "server-key.pem"}"\n'
+        f'[gateway.sasl]\nmechanisms = ["SCRAM-SHA-512"]\ncredentials = "{backend_users}"\n'
+        '[admin]\nlisten = "{admin}"\n'
+        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\nhealth_interval_ms = 500\n'
+        '[authorization]\nsuper_users = ["User:svc"]\n'
+        '[[acls]]\nprincipal = "User:alice-svc"\nresource = "topic"\nname = "priv."\npattern = "prefixed"\n'
+        'operations = ["read", "write"]\n'
+    )
+    backend = Gateway(config=backend_config)
+    front = None
+    try:
+        backend.wait_ready()
+        front_config = (
+            '[gateway]\nlisten = "{listen}"\n'
+            f'[gateway.sasl]\nmechanisms = ["SCRAM-SHA-256"]\ncredentials = "{client_users}"\n'
+            '[admin]\nlisten = "{admin}"\n'
+            f'[clusters.secure]\nbootstrap = ["{backend.addr}"]\nhealth_interval_ms = 500\n'
+            f'[clusters.secure.tls]\nca = "{tmp_path / "ca.pem"}"\n'
+            '[clusters.secure.sasl]\nmechanism = "SCRAM-SHA-512"\nusername = "svc"\npassword_env = "SVC_PASSWORD"\n'
+            '[clusters.secure.sasl.principals."User:alice"]\nusername = "alice-svc"\npassword_env = "ALICE_SVC"\n'
+            '[clusters.secure.sasl.principals."User:bob"]\nusername = "bob-svc"\npassword_env = "BOB_SVC"\n'
+        )
+        front = Gateway(config=front_config, extra_env={
+            "SVC_PASSWORD": "svc-secret", "ALICE_SVC": "alice-svc-secret", "BOB_SVC": "bob-svc-secret"})
+        front.wait_ready()
+
+        def deliver(user, value):
+            p = Producer({"bootstrap.servers": front.addr, "linger.ms": 0, "message.timeout.ms": 5000,
+                          "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+                          "sasl.username": user, "sasl.password": f"{user}-secret"})
+            errors = []
+            p.produce("priv.ledger", value=value, partition=0, on_delivery=lambda e, m: errors.append(e))
+            p.flush(15)
+            assert len(errors) == 1
+            return errors[0]
+
+        assert deliver("alice", b"from-alice") is None
+        err = deliver("bob", b"from-bob")
+        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
+        assert deliver("carol", b"from-carol") is None  # no entry: the service account
+        assert [v for _, _, v, _ in read_partition(broker.addr, "priv.ledger", 0)] == [b"from-alice", b"from-carol"]
+        out = backend.process.output()
+        assert "principal=User:bob-svc" in out and 'decision="deny"' in out, out[-2000:]
+        assert "bob-svc-secret" not in front.process.output()
+    finally:
+        if front is not None:
+            front.close()
+        backend.close()
+        broker.close()

@@ -57,6 +57,9 @@ pub struct Cluster {
     pub name: String,
     config: ClusterConfig,
     connector: Arc<dyn Connector>,
+    /// Client principals that log in as themselves, with their connectors;
+    /// identity `i + 1` is entry `i`, identity 0 is Causeway's own login.
+    pub identities: Vec<(String, Arc<dyn Connector>)>,
     meta: RwLock<Arc<Snapshot>>,
     refreshed: Mutex<Option<Instant>>,
     stale: AtomicBool,
@@ -68,7 +71,8 @@ pub struct Cluster {
     coordinators: DashMap<(i8, String), i32>,
     /// Causeway's own connections, one per broker, for metadata and lookups.
     control: tokio::sync::Mutex<HashMap<i32, BrokerConn>>,
-    pool: Mutex<HashMap<i32, Vec<BrokerConn>>>,
+    /// Idle connections per (broker, identity).
+    pool: Mutex<HashMap<(i32, usize), Vec<BrokerConn>>>,
     /// Brokers that could not be reached, until when they are not dialled.
     unreachable: DashMap<i32, Instant>,
 }
@@ -93,6 +97,7 @@ impl Cluster {
             name,
             config,
             connector,
+            identities: Vec::new(),
             meta: RwLock::new(Arc::new(Snapshot {
                 brokers,
                 controller: -1,
@@ -425,11 +430,27 @@ impl Cluster {
         self.snapshot().brokers.get(&id).cloned()
     }
 
-    /// A connection for a client session: an idle pooled one or a new one.
+    /// The identity a client principal's connections log in as: its own
+    /// login if the config gives it one, else Causeway's (0).
+    pub fn identity_of(&self, principal: Option<&str>) -> usize {
+        match principal {
+            Some(p) if !self.identities.is_empty() => {
+                self.identities.iter().position(|(name, _)| name == p).map_or(0, |i| i + 1)
+            }
+            _ => 0,
+        }
+    }
+
+    /// A connection with Causeway's own login: an idle pooled one or a new one.
     pub async fn checkout(&self, broker: i32) -> Result<BrokerConn, BackendError> {
+        self.checkout_as(broker, 0).await
+    }
+
+    /// A connection logged in as `identity` (see [`Cluster::identity_of`]).
+    pub async fn checkout_as(&self, broker: i32, identity: usize) -> Result<BrokerConn, BackendError> {
         let addr = self.broker_addr(broker).ok_or(BackendError::UnknownBroker(broker))?;
         if let Ok(mut pool) = self.pool.lock() {
-            if let Some(list) = pool.get_mut(&broker) {
+            if let Some(list) = pool.get_mut(&(broker, identity)) {
                 while let Some(conn) = list.pop() {
                     if conn.is_alive() && conn.addr() == addr {
                         return Ok(conn);
@@ -445,10 +466,23 @@ impl Cluster {
                 return Err(BackendError::RecentlyUnreachable { addr });
             }
         }
-        match BrokerConn::connect(&*self.connector, &addr, &self.name, self.config.max_frame_bytes).await {
+        let connector = match identity.checked_sub(1).and_then(|i| self.identities.get(i)) {
+            Some((_, c)) => c,
+            None => &self.connector,
+        };
+        match BrokerConn::connect(&**connector, &addr, &self.name, self.config.max_frame_bytes).await {
             Ok(conn) => {
                 self.unreachable.remove(&broker);
                 Ok(conn)
+            }
+            Err(e @ BackendError::Connect { .. })
+                if identity > 0
+                    && matches!(&e, BackendError::Connect { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied) =>
+            {
+                // One principal's login failing says nothing of the broker.
+                telemetry::backend_error(&self.name, "login");
+                tracing::warn!(cluster = %self.name, error = %e, "a client principal's own login was refused");
+                Err(e)
             }
             Err(e) => {
                 telemetry::backend_error(&self.name, "connect");
@@ -458,13 +492,18 @@ impl Cluster {
         }
     }
 
-    /// Returns a session's connection; kept only if it is alive and idle.
+    /// Returns a session's connection with Causeway's own login.
     pub fn checkin(&self, broker: i32, conn: BrokerConn) {
+        self.checkin_as(broker, 0, conn);
+    }
+
+    /// Returns a session's connection; kept only if it is alive and idle.
+    pub fn checkin_as(&self, broker: i32, identity: usize, conn: BrokerConn) {
         if !conn.is_alive() || conn.in_flight() > 0 {
             return;
         }
         if let Ok(mut pool) = self.pool.lock() {
-            let list = pool.entry(broker).or_default();
+            let list = pool.entry((broker, identity)).or_default();
             if list.len() < POOL_PER_BROKER {
                 list.push(conn);
             }

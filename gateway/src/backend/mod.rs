@@ -72,13 +72,19 @@ impl Backends {
             let tcp: Arc<dyn transport::Connector> = Arc::new(transport::TcpConnector {
                 timeout: Duration::from_millis(c.connect_timeout_ms),
             });
-            let connector = match secure::SecureConnector::new(tcp.clone(), c.tls.as_ref(), c.sasl.as_ref())
-                .map_err(|e| anyhow::anyhow!("clusters.{name}.{e}"))?
-            {
+            let secure = secure::SecureConnector::new(tcp.clone(), c.tls.as_ref(), c.sasl.as_ref())
+                .map_err(|e| anyhow::anyhow!("clusters.{name}.{e}"))?;
+            let identities = match &secure {
+                Some(s) => s.per_principal(c.sasl.as_ref()).map_err(|e| anyhow::anyhow!("clusters.{name}.{e}"))?,
+                None => Vec::new(),
+            };
+            let connector = match secure {
                 Some(secure) => Arc::new(secure) as Arc<dyn transport::Connector>,
                 None => tcp,
             };
-            clusters.push(Arc::new(Cluster::new(name.clone(), c.clone(), connector)));
+            let mut cluster = Cluster::new(name.clone(), c.clone(), connector);
+            cluster.identities = identities;
+            clusters.push(Arc::new(cluster));
         }
         Ok(Self { clusters })
     }
@@ -130,9 +136,13 @@ pub enum Lane {
 /// The backend connections of one client session.
 pub struct SessionConns {
     backends: Backends,
-    conns: HashMap<(BrokerRef, Lane), BrokerConn>,
+    /// Each with the identity it logged in as (see [`Cluster::identity_of`]).
+    conns: HashMap<(BrokerRef, Lane), (usize, BrokerConn)>,
     /// Connections written to since the last flush.
     dirty: Vec<(BrokerRef, Lane)>,
+    /// The client principal, for clusters where principals log in as
+    /// themselves.
+    principal: Option<std::sync::Arc<str>>,
 }
 
 impl SessionConns {
@@ -141,22 +151,44 @@ impl SessionConns {
             backends,
             conns: HashMap::new(),
             dirty: Vec::new(),
+            principal: None,
         }
     }
 
+    /// The client principal the following requests are for. Connections
+    /// made for another principal are given back.
+    pub fn use_principal(&mut self, principal: &std::sync::Arc<str>) {
+        if self.principal.as_ref().is_some_and(|p| std::sync::Arc::ptr_eq(p, principal) || **p == **principal) {
+            return;
+        }
+        self.principal = Some(principal.clone());
+        self.give_back();
+    }
+
     async fn get(&mut self, broker: BrokerRef, lane: Lane) -> Result<&BrokerConn, BackendError> {
-        let usable = self.conns.get(&(broker, lane)).is_some_and(BrokerConn::is_alive);
+        let usable = self.conns.get(&(broker, lane)).is_some_and(|(_, c)| c.is_alive());
         if !usable {
             let cluster = self
                 .backends
                 .cluster(broker.cluster)
                 .ok_or(BackendError::Internal("cluster index out of range"))?;
-            let conn = cluster.checkout(broker.node).await?;
-            self.conns.insert((broker, lane), conn);
+            let identity = cluster.identity_of(self.principal.as_deref());
+            let conn = cluster.checkout_as(broker.node, identity).await?;
+            self.conns.insert((broker, lane), (identity, conn));
         }
         self.conns
             .get(&(broker, lane))
+            .map(|(_, c)| c)
             .ok_or(BackendError::Internal("connection vanished"))
+    }
+
+    fn give_back(&mut self) {
+        for ((broker, _), (identity, conn)) in self.conns.drain() {
+            if let Some(cluster) = self.backends.cluster(broker.cluster) {
+                cluster.checkin_as(broker.node, identity, conn);
+            }
+        }
+        self.dirty.clear();
     }
 
     /// Writes `frame` to `broker`; the returned reply resolves to its response.
@@ -191,7 +223,7 @@ impl SessionConns {
     /// connection fails its waiting requests through its reader; nothing to do here.
     pub async fn flush(&mut self) {
         for key in std::mem::take(&mut self.dirty) {
-            if let Some(conn) = self.conns.get(&key) {
+            if let Some((_, conn)) = self.conns.get(&key) {
                 let _ = conn.flush().await;
             }
         }
@@ -200,10 +232,6 @@ impl SessionConns {
 
 impl Drop for SessionConns {
     fn drop(&mut self) {
-        for ((broker, _), conn) in self.conns.drain() {
-            if let Some(cluster) = self.backends.cluster(broker.cluster) {
-                cluster.checkin(broker.node, conn);
-            }
-        }
+        self.give_back();
     }
 }

@@ -50,6 +50,20 @@ pub struct BackendSasl {
     pub username: String,
     /// The environment variable holding the password.
     pub password_env: String,
+    /// Client principals (`User:alice`) that log in to this cluster as
+    /// themselves, each with its own user and password, so the backend's own
+    /// ACLs and quotas see them; everyone else uses the login above.
+    #[serde(default)]
+    pub principals: std::collections::BTreeMap<String, PrincipalLogin>,
+}
+
+/// `[clusters.NAME.sasl.principals."User:NAME"]`: one client principal's
+/// own login to the cluster, with the cluster's mechanism.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalLogin {
+    pub username: String,
+    pub password_env: String,
 }
 
 fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, (&'static str, String)> {
@@ -87,9 +101,13 @@ fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, (&'static str, S
 }
 
 fn password(sasl: &BackendSasl) -> Result<String, String> {
-    match std::env::var(&sasl.password_env) {
+    password_from(&sasl.password_env)
+}
+
+fn password_from(var: &str) -> Result<String, String> {
+    match std::env::var(var) {
         Ok(p) if !p.is_empty() => Ok(p),
-        _ => Err(format!("${} is not set or empty", sasl.password_env)),
+        _ => Err(format!("${var} is not set or empty")),
     }
 }
 
@@ -118,6 +136,18 @@ pub fn validate(tls: Option<&BackendTls>, sasl: Option<&BackendSasl>, base: &str
         }
         if let Err(e) = password(sasl) {
             out.push(Problem { field: format!("{base}.sasl.password_env"), message: e });
+        }
+        for (principal, login) in &sasl.principals {
+            let at = format!("{base}.sasl.principals.\"{principal}\"");
+            if !principal.contains(':') {
+                out.push(Problem { field: at.clone(), message: format!("'{principal}' is not a principal; write User:NAME") });
+            }
+            if login.username.is_empty() {
+                out.push(Problem { field: format!("{at}.username"), message: "is empty".into() });
+            }
+            if let Err(e) = password_from(&login.password_env) {
+                out.push(Problem { field: format!("{at}.password_env"), message: e });
+            }
         }
     }
     out
@@ -170,6 +200,21 @@ impl SecureConnector {
             }),
         };
         Ok(Some(Self { inner, tls, login }))
+    }
+
+    /// A connector for each client principal with its own login: the same
+    /// TLS, another user.
+    pub fn per_principal(&self, sasl: Option<&BackendSasl>) -> anyhow::Result<Vec<(String, Arc<dyn Connector>)>> {
+        let (Some(sasl), Some(login)) = (sasl, &self.login) else { return Ok(Vec::new()) };
+        let mut out: Vec<(String, Arc<dyn Connector>)> = Vec::new();
+        for (principal, p) in &sasl.principals {
+            let password = password_from(&p.password_env)
+                .map_err(|e| anyhow::anyhow!("sasl.principals.\"{principal}\".password_env: {e}"))?;
+            let login = Login { mechanism: login.mechanism, username: p.username.clone(), password };
+            let connector = Self { inner: self.inner.clone(), tls: self.tls.clone(), login: Some(login) };
+            out.push((principal.clone(), Arc::new(connector)));
+        }
+        Ok(out)
     }
 }
 
