@@ -193,6 +193,23 @@ def test_listings_show_only_what_a_principal_may_describe(gw):
     assert md.topics["hr.salaries"].error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
+def test_authorized_operations_are_the_principals_own(gw):
+    """What describe-with-authorized-operations reports comes from the
+    gateway's rules for the client, not from the backend (which would
+    describe the gateway's own login)."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+    bob = AdminClient({"bootstrap.servers": gw.addr, **as_user("bob")})
+    desc = bob.describe_topics(TopicCollection(["pay.ledger"]), include_authorized_operations=True)
+    ops = set(desc["pay.ledger"].result(timeout=20).authorized_operations)
+    assert ops == {AclOperation.READ, AclOperation.DESCRIBE}, ops
+    cluster = bob.describe_cluster(include_authorized_operations=True).result(timeout=20)
+    assert not cluster.authorized_operations, cluster.authorized_operations
+    admin = AdminClient({"bootstrap.servers": gw.addr, **as_user("admin")})
+    cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout=20)
+    assert {AclOperation.ALTER, AclOperation.DESCRIBE, AclOperation.CREATE} <= set(cluster.authorized_operations)
+
+
 def test_transactions_need_the_transactional_id(gw):
     p = Producer({"bootstrap.servers": gw.addr, "transactional.id": "pay-tx-1", **as_user("alice")})
     with pytest.raises(KafkaException) as e:

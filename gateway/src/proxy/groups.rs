@@ -692,6 +692,8 @@ async fn describe_groups(
     }
     let (version, header) = (req.version(), req.response_header_version());
     let gw = gw.clone();
+    let router = router.clone();
+    let asked_ops = version >= 3 && body.include_authorized_operations;
     Ok(Box::pin(async move {
         let what = "DescribeGroups response";
         let only = sent.len() == 1 && failed.is_empty() && refused.is_empty();
@@ -699,13 +701,19 @@ async fn describe_groups(
         for (broker, keep, reply) in sent {
             match await_reply(reply).await {
                 Ok(resp) => {
-                    let out: DescribeGroupsResponse = resp.decode(header, version, what)?;
+                    let mut out: DescribeGroupsResponse = resp.decode(header, version, what)?;
                     if let Some(c) = gw.backends.cluster(broker.cluster) {
                         for g in out.groups.iter().filter(|g| code::coordinator_moved(g.error_code)) {
                             c.forget_coordinator(GROUP, &g.group_id.0);
                         }
                     }
-                    if only {
+                    if router.authorizes() {
+                        for g in out.groups.iter_mut().filter(|g| asked_ops && g.error_code == 0) {
+                            g.authorized_operations =
+                                router.authorized_operations(Resource::Group, &g.group_id.0).unwrap_or(i32::MIN);
+                        }
+                    }
+                    if only && !router.authorizes() {
                         return Ok(resp.after_correlation_id());
                     }
                     acc.throttle_time_ms = acc.throttle_time_ms.max(out.throttle_time_ms);

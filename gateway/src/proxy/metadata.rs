@@ -147,6 +147,7 @@ pub async fn metadata(
     let (version, header) = (req.version(), req.response_header_version());
     let gw = gw.clone();
     let router = router.clone();
+    let (topic_ops, cluster_ops) = (body.include_topic_authorized_operations, body.include_cluster_authorized_operations);
     Ok(Box::pin(async move {
         let what = "Metadata response";
         let mut acc = MetadataResponse::default();
@@ -203,6 +204,20 @@ pub async fn metadata(
             }
         }
         acc.topics.extend(local);
+        // Authorized operations are the gateway's to say, not the backend's
+        // (which would describe the gateway's own login).
+        if router.authorizes() {
+            for t in acc.topics.iter_mut().filter(|_| topic_ops && version >= 8) {
+                if t.error_code == 0 {
+                    let name = t.name.as_ref().map_or("", |n| n.0.as_str());
+                    t.topic_authorized_operations = router.authorized_operations(Resource::Topic, name).unwrap_or(i32::MIN);
+                }
+            }
+            if cluster_ops && (8..=10).contains(&version) {
+                acc.cluster_authorized_operations =
+                    router.authorized_operations(Resource::Cluster, "kafka-cluster").unwrap_or(i32::MIN);
+            }
+        }
         let backend_id = (gw.backends.clusters.len() == 1)
             .then(|| gw.backends.clusters.first().and_then(|c| c.cluster_id()))
             .flatten();
@@ -380,9 +395,16 @@ pub async fn describe_cluster(
     let broker = BrokerRef { cluster: ci, node: cluster.any_broker() };
     let gw = gw.clone();
     let single = gw.backends.clusters.len() == 1;
+    let ops = router.authorized_operations(Resource::Cluster, "kafka-cluster");
+    let asked = req
+        .decode::<kafka_protocol::messages::DescribeClusterRequest>("DescribeCluster request")?
+        .include_cluster_authorized_operations;
     let edit = move |out: &mut DescribeClusterResponse, _| {
         let backend = single.then(|| cluster.cluster_id()).flatten();
         rewrite::describe_cluster(out, &gw, backend);
+        if let Some(ops) = ops.filter(|_| asked) {
+            out.cluster_authorized_operations = ops;
+        }
     };
     forward_rewritten(conns, broker, &req, "DescribeCluster response", edit).await
 }

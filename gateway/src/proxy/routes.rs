@@ -81,6 +81,37 @@ impl ClientRoutes {
         self.authz.as_ref().is_none_or(|a| a.allows(&self.who, resource, name, op))
     }
 
+    /// Kafka's bit field of the operations this client may do to a resource
+    /// (`authorized_operations` in Metadata, DescribeGroups, DescribeCluster),
+    /// or `None` without authorization (the backend's answer stands).
+    pub fn authorized_operations(&self, resource: Resource, name: &str) -> Option<i32> {
+        self.authz.as_ref()?;
+        // Kafka's AclOperation codes.
+        let ops: &[(Operation, u8)] = match resource {
+            Resource::Topic => &[
+                (Operation::Read, 3),
+                (Operation::Write, 4),
+                (Operation::Create, 5),
+                (Operation::Delete, 6),
+                (Operation::Alter, 7),
+                (Operation::Describe, 8),
+                (Operation::DescribeConfigs, 10),
+                (Operation::AlterConfigs, 11),
+            ],
+            Resource::Group => &[(Operation::Read, 3), (Operation::Delete, 6), (Operation::Describe, 8)],
+            Resource::TransactionalId => &[(Operation::Write, 4), (Operation::Describe, 8)],
+            Resource::Cluster => &[
+                (Operation::Create, 5),
+                (Operation::Alter, 7),
+                (Operation::Describe, 8),
+                (Operation::DescribeConfigs, 10),
+                (Operation::AlterConfigs, 11),
+                (Operation::IdempotentWrite, 12),
+            ],
+        };
+        Some(ops.iter().filter(|(op, _)| self.may_quietly(*op, resource, name)).fold(0, |bits, (_, code)| bits | 1 << code))
+    }
+
     /// Whether this client may see topic `name` in a listing.
     pub fn sees(&self, name: &str) -> bool {
         self.may_quietly(Operation::Describe, Resource::Topic, name)
