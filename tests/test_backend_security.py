@@ -184,3 +184,53 @@ def test_client_principals_log_in_to_the_backend_as_themselves(tmp_path):
             front.close()
         backend.close()
         broker.close()
+
+
+def test_connections_to_a_backend_with_a_login_lifetime_are_renewed(tmp_path):
+    """A backend that limits logins (KIP-368 session_lifetime_ms; here a
+    Causeway with a 2 s lifetime, which closes a connection whose login ran
+    out at its next request): Causeway retires each connection before its
+    login runs out and logs in afresh, so a producer sending all the while
+    never loses a request, even with retries off."""
+    make_ca(tmp_path, "ca")
+    make_cert(tmp_path, "server", "/O=Causeway Tests/CN=secured", "ca", server=True)
+    users = scram_users(tmp_path / "users.toml", "svc")
+    broker = Tansu()
+    broker.create_topic("renewed", 1)
+    backend = Gateway(config=(
+        '[gateway]\nlisten = "{listen}"\n'
+        f'[gateway.tls]\ncert = "{tmp_path / "server.pem"}"\nkey = "{tmp_path / "server-key.pem"}"\n'
+        f'[gateway.sasl]\nmechanisms = ["SCRAM-SHA-512"]\ncredentials = "{users}"\nsession_lifetime_ms = 2000\n'
+        '[admin]\nlisten = "{admin}"\n'
+        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\nhealth_interval_ms = 500\n'
+    ))
+    front = None
+    try:
+        backend.wait_ready()
+        front = Gateway(config=(
+            '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
+            f'[clusters.secure]\nbootstrap = ["{backend.addr}"]\nhealth_interval_ms = 500\n'
+            f'[clusters.secure.tls]\nca = "{tmp_path / "ca.pem"}"\n'
+            '[clusters.secure.sasl]\nmechanism = "SCRAM-SHA-512"\nusername = "svc"\npassword_env = "SVC_PASSWORD"\n'
+        ), extra_env={"SVC_PASSWORD": "svc-secret"})
+        front.wait_ready()
+        logins = backend.metrics().get('causeway_client_sasl_logins_total{outcome="ok"}', 0)
+        p = Producer({"bootstrap.servers": front.addr, "linger.ms": 0, "retries": 0, "message.timeout.ms": 5000})
+        errors, sent = [], 0
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            p.produce("renewed", value=f"v{sent}".encode(), partition=0, on_delivery=lambda e, m: errors.append(e))
+            sent += 1
+            p.poll(0.2)
+        p.flush(15)
+        assert len(errors) == sent and all(e is None for e in errors), [e for e in errors if e][:3]
+        assert len(read_partition(broker.addr, "renewed", 0)) == sent
+        m = backend.metrics()
+        assert m.get('causeway_client_protocol_errors_total{kind="login_expired"}', 0) == 0
+        assert m['causeway_client_sasl_logins_total{outcome="ok"}'] >= logins + 3, "connections logged in afresh"
+        assert front.metrics().get('causeway_backend_errors_total{cluster="secure",kind="disconnected"}', 0) == 0
+    finally:
+        if front is not None:
+            front.close()
+        backend.close()
+        broker.close()

@@ -452,7 +452,7 @@ impl Cluster {
         if let Ok(mut pool) = self.pool.lock() {
             if let Some(list) = pool.get_mut(&(broker, identity)) {
                 while let Some(conn) = list.pop() {
-                    if conn.is_alive() && conn.addr() == addr {
+                    if conn.is_usable() && conn.addr() == addr {
                         return Ok(conn);
                     }
                 }
@@ -499,7 +499,7 @@ impl Cluster {
 
     /// Returns a session's connection; kept only if it is alive and idle.
     pub fn checkin_as(&self, broker: i32, identity: usize, conn: BrokerConn) {
-        if !conn.is_alive() || conn.in_flight() > 0 {
+        if !conn.is_usable() || conn.in_flight() > 0 {
             return;
         }
         if let Ok(mut pool) = self.pool.lock() {
@@ -555,7 +555,7 @@ impl Cluster {
         let conn = {
             let mut control = self.control.lock().await;
             match control.get(&broker) {
-                Some(c) if c.is_alive() => c.clone(),
+                Some(c) if c.is_usable() => c.clone(),
                 _ => {
                     let addr = self.broker_addr(broker).ok_or(BackendError::UnknownBroker(broker))?;
                     let conn = BrokerConn::connect(

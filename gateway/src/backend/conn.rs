@@ -29,6 +29,9 @@ struct Shared {
     addr: String,
     alive: AtomicBool,
     in_flight: AtomicUsize,
+    /// When the broker limits the login (KIP-368): from then on the
+    /// connection takes no new requests, and goes once its answers are in.
+    retire_at: Option<std::time::Instant>,
 }
 
 struct WriteSide {
@@ -68,18 +71,23 @@ impl BrokerConn {
         cluster: &str,
         max_frame: usize,
     ) -> Result<Self, BackendError> {
-        let stream = connector
-            .connect(addr.to_string())
+        let (stream, lifetime) = connector
+            .connect_for(addr.to_string())
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.to_string(),
                 source,
             })?;
         let (rd, wr) = tokio::io::split(stream);
+        // Retired at 85% of the login's lifetime, as Kafka clients re-authenticate
+        // between 85% and 95%: a fresh connection logs in again, and the broker
+        // never has to close one with requests on it.
+        let retire_at = lifetime.map(|l| std::time::Instant::now() + l.mul_f64(0.85));
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             alive: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
+            retire_at,
         });
         let pending: Pending = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let (closed, closed_rx) = oneshot::channel();
@@ -166,6 +174,11 @@ impl BrokerConn {
         self.shared.alive.load(Ordering::Acquire)
     }
 
+    /// Alive, and its login not about to run out: new requests may go on it.
+    pub fn is_usable(&self) -> bool {
+        self.is_alive() && self.shared.retire_at.is_none_or(|t| std::time::Instant::now() < t)
+    }
+
     /// Requests sent whose responses have not arrived.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
@@ -191,6 +204,9 @@ async fn read_loop(
     cluster: String,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Once no handle is left, answers still due are read before the socket
+    // closes (a retired connection's last requests among them).
+    let mut unused = false;
     let reason: String = 'read: loop {
         loop {
             let frame = match codec::split_frame(&mut buf, max_frame) {
@@ -216,6 +232,9 @@ async fn read_loop(
             // The session may have gone; its response is simply dropped.
             let _ = reply.send(Ok(Response { frame }));
         }
+        if unused && pending.lock().map_or(true, |p| p.is_empty()) {
+            break "no longer used".to_string();
+        }
         if let Some(need) = codec::pending_frame_len(&buf, max_frame) {
             // The whole response at once (a broker's length is bounded by the
             // cluster's max_frame_bytes): growing a large fetch response in steps
@@ -230,7 +249,7 @@ async fn read_loop(
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
             },
-            _ = &mut closed => break "no longer used".to_string(),
+            _ = &mut closed, if !unused => unused = true,
         }
     };
     shared.alive.store(false, Ordering::Release);

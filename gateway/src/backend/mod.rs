@@ -166,8 +166,17 @@ impl SessionConns {
     }
 
     async fn get(&mut self, broker: BrokerRef, lane: Lane) -> Result<&BrokerConn, BackendError> {
-        let usable = self.conns.get(&(broker, lane)).is_some_and(|(_, c)| c.is_alive());
+        let usable = self.conns.get(&(broker, lane)).is_some_and(|(_, c)| c.is_usable());
         if !usable {
+            // A retired connection goes back (its answers still arrive) and
+            // a fresh one takes its place.
+            if let Some((identity, old)) = self.conns.remove(&(broker, lane)) {
+                // What this session wrote to it must still leave.
+                let _ = old.flush().await;
+                if let Some(cluster) = self.backends.cluster(broker.cluster) {
+                    cluster.checkin_as(broker.node, identity, old);
+                }
+            }
             let cluster = self
                 .backends
                 .cluster(broker.cluster)

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::transport::{Connector, Stream};
+use super::transport::{Connected, Connector, Stream};
 use crate::config::Problem;
 use crate::sasl::{Mechanism, ScramClient};
 
@@ -224,6 +224,11 @@ fn io_error(message: String) -> io::Error {
 
 impl Connector for SecureConnector {
     fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn Stream>>> {
+        let connecting = self.connect_for(addr);
+        Box::pin(async move { Ok(connecting.await?.0) })
+    }
+
+    fn connect_for(&self, addr: String) -> BoxFuture<'static, io::Result<Connected>> {
         let tcp = self.inner.connect(addr.clone());
         let tls = self.tls.clone();
         let login = self.login.clone();
@@ -246,12 +251,13 @@ impl Connector for SecureConnector {
                         .map_err(|e| io::Error::new(e.kind(), format!("TLS to {addr}: {e}")))?,
                 );
             }
+            let mut lifetime = None;
             if let Some(login) = login {
-                sasl_login(&mut stream, &login)
+                lifetime = sasl_login(&mut stream, &login)
                     .await
                     .map_err(|e| io_error(format!("SASL {} login to {addr} as {}: {e}", login.mechanism.name(), login.username)))?;
             }
-            Ok(stream)
+            Ok((stream, lifetime))
         })
     }
 }
@@ -294,38 +300,42 @@ async fn exchange<Req: Encodable, Resp: Decodable>(
 const HANDSHAKE: i16 = 17;
 const AUTHENTICATE: i16 = 36;
 
-async fn authenticate(stream: &mut Box<dyn Stream>, id: i32, token: Vec<u8>) -> Result<Vec<u8>, String> {
+/// One SaslAuthenticate: the broker's token, and the session lifetime it
+/// gives (KIP-368; 0: none).
+async fn authenticate(stream: &mut Box<dyn Stream>, id: i32, token: Vec<u8>) -> Result<(Vec<u8>, i64), String> {
     let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
     let resp: SaslAuthenticateResponse = exchange(stream, AUTHENTICATE, 1, id, &req).await?;
     if resp.error_code != 0 {
         let why = resp.error_message.map(|m| m.to_string()).unwrap_or_default();
         return Err(format!("refused (error {}): {why}", resp.error_code));
     }
-    Ok(resp.auth_bytes.to_vec())
+    Ok((resp.auth_bytes.to_vec(), resp.session_lifetime_ms))
 }
 
-/// SaslHandshake v1, then SaslAuthenticate until logged in.
-async fn sasl_login(stream: &mut Box<dyn Stream>, login: &Login) -> Result<(), String> {
+/// SaslHandshake v1, then SaslAuthenticate until logged in: how long the
+/// login lasts, if the broker limits it.
+async fn sasl_login(stream: &mut Box<dyn Stream>, login: &Login) -> Result<Option<std::time::Duration>, String> {
     let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(login.mechanism.name()));
     let resp: SaslHandshakeResponse = exchange(stream, HANDSHAKE, 1, 1, &req).await?;
     if resp.error_code != 0 {
         let offered: Vec<String> = resp.mechanisms.iter().map(|m| m.to_string()).collect();
         return Err(format!("mechanism not offered (error {}); the broker offers {offered:?}", resp.error_code));
     }
-    match login.mechanism {
+    let lifetime_ms = match login.mechanism {
         Mechanism::Plain => {
             let token = format!("\0{}\0{}", login.username, login.password).into_bytes();
-            authenticate(stream, 2, token).await?;
+            authenticate(stream, 2, token).await?.1
         }
         scram => {
             let (client, first) = ScramClient::start(scram, &login.username, &login.password)?;
-            let server_first = authenticate(stream, 2, first).await?;
+            let (server_first, _) = authenticate(stream, 2, first).await?;
             let (last, expected) = client.proof(&server_first)?;
-            let server_final = authenticate(stream, 3, last).await?;
+            let (server_final, lifetime_ms) = authenticate(stream, 3, last).await?;
             if server_final != expected {
                 return Err("the broker's SCRAM signature is wrong: it does not know our password".into());
             }
+            lifetime_ms
         }
-    }
-    Ok(())
+    };
+    Ok(u64::try_from(lifetime_ms).ok().filter(|&ms| ms > 0).map(std::time::Duration::from_millis))
 }

@@ -18,9 +18,19 @@ const SOCKET_BUFFER: u32 = 4 * 1024 * 1024;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
+/// A stream with how long its login lasts, if the broker limits it.
+pub type Connected = (Box<dyn Stream>, Option<Duration>);
+
 /// Opens streams to brokers by address (`HOST:PORT`).
 pub trait Connector: Send + Sync + 'static {
     fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn Stream>>>;
+
+    /// Like [`Connector::connect`], with how long the connection's login
+    /// lasts when the broker limits it (KIP-368's session lifetime).
+    fn connect_for(&self, addr: String) -> BoxFuture<'static, io::Result<Connected>> {
+        let connecting = self.connect(addr);
+        Box::pin(async move { Ok((connecting.await?, None)) })
+    }
 }
 
 /// Direct TCP connections with a connect timeout and `TCP_NODELAY`.

@@ -139,6 +139,7 @@ where
                     continue;
                 }
                 if login.expired(now) {
+                    telemetry::protocol_error("login_expired");
                     return Err(ProxyError::Unauthenticated(
                         "the authentication ran out (KIP-368); the client did not log in again".into(),
                     ));
