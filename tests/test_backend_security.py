@@ -234,3 +234,34 @@ def test_connections_to_a_backend_with_a_login_lifetime_are_renewed(tmp_path):
             front.close()
         backend.close()
         broker.close()
+
+
+def test_a_backend_checked_against_the_system_ca_bundle(secured):
+    """`ca = "system"` reads the operating system's CA bundle ($SSL_CERT_FILE
+    first, as OpenSSL does): here the test CA stands in for it."""
+    broker, front, ca = secured
+    broker.create_topic("chained.system", 1)
+    config = (
+        '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
+        f'[clusters.secure]\nbootstrap = ["{front.addr}"]\nhealth_interval_ms = 500\n'
+        '[clusters.secure.tls]\nca = "system"\n'
+        '[clusters.secure.sasl]\nmechanism = "SCRAM-SHA-512"\nusername = "svc"\npassword_env = "SVC_PASSWORD"\n'
+    )
+    gw = Gateway(config=config, extra_env={"SVC_PASSWORD": "svc-secret", "SSL_CERT_FILE": str(ca)})
+    try:
+        gw.wait_ready()
+        p = Producer({"bootstrap.servers": gw.addr, "linger.ms": 0, "message.timeout.ms": 10000})
+        p.produce("chained.system", value=b"via-system-roots", partition=0)
+        assert p.flush(15) == 0
+        assert [v for _, _, v, _ in read_partition(broker.addr, "chained.system", 0)] == [b"via-system-roots"]
+    finally:
+        gw.close()
+    # Without the test CA among the system roots, the backend is not trusted.
+    gw = Gateway(config=config, extra_env={"SVC_PASSWORD": "svc-secret"})
+    try:
+        time.sleep(3)
+        status, body = gw.get("/readyz")
+        assert status != 200, body
+        assert "certificate" in gw.process.output().lower()
+    finally:
+        gw.close()

@@ -242,7 +242,8 @@ impl Config {
             }
             for cluster in config.clusters.values_mut() {
                 if let Some(tls) = &mut cluster.tls {
-                    for path in [Some(&mut tls.ca), tls.cert.as_mut(), tls.key.as_mut()].into_iter().flatten() {
+                    let system = tls.ca == "system";
+                    for path in [(!system).then_some(&mut tls.ca), tls.cert.as_mut(), tls.key.as_mut()].into_iter().flatten() {
                         if Path::new(path.as_str()).is_relative() {
                             *path = dir.join(&*path).display().to_string();
                         }

@@ -28,7 +28,9 @@ use crate::sasl::{Mechanism, ScramClient};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendTls {
-    /// CA certificates (PEM) that sign the brokers' certificates.
+    /// CA certificates (PEM) that sign the brokers' certificates, or
+    /// `"system"` for the operating system's CA bundle (managed Kafka
+    /// services with public certificates).
     pub ca: String,
     /// Causeway's client certificate (PEM), when the brokers ask for one.
     #[serde(default)]
@@ -66,17 +68,51 @@ pub struct PrincipalLogin {
     pub password_env: String,
 }
 
+/// Where operating systems keep their CA bundle; `SSL_CERT_FILE` first, as
+/// OpenSSL reads it.
+const SYSTEM_BUNDLES: [&str; 5] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+    "/usr/local/etc/openssl/cert.pem",
+];
+
+/// The CA file `ca` names: itself, or the system bundle for `"system"`.
+fn ca_file(ca: &str) -> Result<String, String> {
+    if ca != "system" {
+        return Ok(ca.to_string());
+    }
+    let from_env = std::env::var("SSL_CERT_FILE").ok().filter(|f| !f.is_empty());
+    from_env
+        .into_iter()
+        .chain(SYSTEM_BUNDLES.iter().map(|s| s.to_string()))
+        .find(|f| std::path::Path::new(f).is_file())
+        .ok_or_else(|| format!("no system CA bundle found (looked at $SSL_CERT_FILE and {})", SYSTEM_BUNDLES.join(", ")))
+}
+
 fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, (&'static str, String)> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&tls.ca)
-        .map_err(|e| ("ca", format!("cannot read '{}': {e}", tls.ca)))?
+    let ca = ca_file(&tls.ca).map_err(|e| ("ca", e))?;
+    let certs = CertificateDer::pem_file_iter(&ca)
+        .map_err(|e| ("ca", format!("cannot read '{ca}': {e}")))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ("ca", format!("'{}' is not PEM certificates: {e}", tls.ca)))?;
+        .map_err(|e| ("ca", format!("'{ca}' is not PEM certificates: {e}")))?;
     if certs.is_empty() {
-        return Err(("ca", format!("'{}' holds no certificate", tls.ca)));
+        return Err(("ca", format!("'{ca}' holds no certificate")));
     }
+    // A system bundle may hold a certificate rustls cannot use; skip those
+    // there, refuse them in a file of one's own.
+    let system = tls.ca == "system";
     for cert in certs {
-        roots.add(cert).map_err(|e| ("ca", format!("'{}': {e}", tls.ca)))?;
+        if let Err(e) = roots.add(cert) {
+            if !system {
+                return Err(("ca", format!("'{ca}': {e}")));
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(("ca", format!("'{ca}' holds no usable CA certificate")));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
