@@ -360,3 +360,47 @@ def test_check_reports_admin_token_mistakes(tmp_path):
     short.write_text("abc\n")
     r = causeway_check(base.replace("[admin]\n", f'[admin]\ntoken_file = "{short}"\n', 1))
     assert r.returncode == 1 and "16 characters" in r.stdout + r.stderr
+
+
+def test_the_admin_endpoint_over_https_with_client_certificates(backends, tmp_path):
+    import ssl
+    import urllib.error
+    import urllib.request
+    from rig import make_ca, make_cert
+    make_ca(tmp_path, "ca")
+    make_cert(tmp_path, "server", "/O=Causeway Tests/CN=admin", "ca", server=True)
+    make_cert(tmp_path, "operator", "/O=Causeway Tests/CN=operator", "ca")
+    token = "another-admin-token-0123456789"
+    tls = (f'token_env = "ADMIN_TOKEN"\n[admin.tls]\ncert = "{tmp_path / "server.pem"}"\n'
+           f'key = "{tmp_path / "server-key.pem"}"\nclient_ca = "{tmp_path / "ca.pem"}"\n')
+    config = clusters_config(addrs(backends), routes_for("east"))
+    # [admin.tls] must follow the [admin] keys, before the next table.
+    head, rest = config.split("[admin]\n", 1)
+    listen_line, rest = rest.split("\n", 1)
+    config = head + "[admin]\n" + listen_line + "\n" + tls.replace("{", "{{").replace("}", "}}") + rest
+    gw = Gateway(config=config, extra_env={"ADMIN_TOKEN": token})
+    try:
+        def get(path, cert=None, with_token=True):
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            if cert:
+                ctx.load_cert_chain(str(tmp_path / f"{cert}.pem"), str(tmp_path / f"{cert}-key.pem"))
+            req = urllib.request.Request(f"https://127.0.0.1:{gw.admin_port}{path}")
+            if with_token:
+                req.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+                return r.status, r.read().decode()
+
+        status, body = get("/routes", cert="operator")
+        assert status == 200 and '"moving.*"' in body
+        # The token is still wanted over TLS.
+        with pytest.raises(urllib.error.HTTPError) as e:
+            get("/routes", cert="operator", with_token=False)
+        assert e.value.code == 401
+        # No client certificate: the handshake fails.
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+            get("/healthz")
+        # Plain HTTP to the TLS port gets nowhere.
+        with pytest.raises(Exception):
+            urllib.request.urlopen(f"http://127.0.0.1:{gw.admin_port}/healthz", timeout=5)
+    finally:
+        gw.close()

@@ -54,10 +54,10 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     ring::hmac::verify(&key, given.as_bytes(), expected.as_ref()).is_ok()
 }
 
-/// Serves admin requests until the listener fails.
-pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
+/// Serves admin requests until the listener fails; over TLS with `tls`.
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<crate::tls::Listener>>) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -66,15 +66,27 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
             }
         };
         let admin = admin.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(&admin, req).await) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let served = match tls {
+                None => http1::Builder::new().serve_connection(TokioIo::new(stream), service).await,
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                        Ok(Ok(stream)) => http1::Builder::new().serve_connection(TokioIo::new(stream), service).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });

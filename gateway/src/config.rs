@@ -92,6 +92,10 @@ pub struct AdminConfig {
     /// Whether `/metrics`, `/healthz` and `/readyz` answer without the token.
     #[serde(default = "default_true")]
     pub open_metrics: bool,
+    /// HTTPS for the admin endpoint (and, with `client_ca`, client
+    /// certificates), as for the Kafka listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn default_true() -> bool {
@@ -100,7 +104,7 @@ fn default_true() -> bool {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: None, token_env: None, token_file: None, open_metrics: true }
+        Self { listen: None, token_env: None, token_file: None, open_metrics: true, tls: None }
     }
 }
 
@@ -234,6 +238,9 @@ impl Config {
             }
             if let Some(sasl) = &mut config.gateway.sasl {
                 crate::sasl::resolve_paths(sasl, dir);
+            }
+            if let Some(tls) = &mut config.admin.tls {
+                crate::tls::resolve_paths(tls, dir);
             }
             if let Some(path) = &mut config.admin.token_file {
                 if Path::new(path.as_str()).is_relative() {
@@ -385,6 +392,11 @@ impl Config {
         let mapped_roles = self.plugins.iter().any(|p| p.kind == "acl-mapper");
         if let Err(p) = self.admin.token() {
             problem(&p.field, p.message);
+        }
+        if let Some(tls) = &self.admin.tls {
+            for p in crate::tls::validate(tls, "admin.tls") {
+                problem(&p.field, p.message);
+            }
         }
         for p in crate::authz::validate(self.authorization.as_ref(), &self.acls, mapped_roles) {
             problem(&p.field, p.message);

@@ -94,10 +94,18 @@ pub async fn start(
                 token: config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?,
                 open_metrics: config.admin.open_metrics,
             });
-            if admin.token.is_none() && !bound.ip().is_loopback() {
+            if admin.token.is_none() && config.admin.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) && !bound.ip().is_loopback() {
                 tracing::warn!(%bound, "the admin endpoint takes route and plugin changes from anyone who reaches it; set admin.token_env");
             }
-            tokio::spawn(admin::serve(admin, admin_listener));
+            let tls = match &config.admin.tls {
+                Some(tls) => {
+                    let listener = tls::Listener::new(tls)?;
+                    listener.watch(std::time::Duration::from_secs(2));
+                    Some(listener)
+                }
+                None => None,
+            };
+            tokio::spawn(admin::serve(admin, admin_listener, tls));
             Some(bound)
         }
         None => None,
