@@ -1,12 +1,29 @@
 //! How many client connections Causeway holds: in all, and per client address.
 //! A connection over either limit is closed as soon as it is accepted, before
-//! a byte is read or a TLS handshake started.
+//! a byte is read or a TLS handshake started. An IPv6 client counts by its
+//! /64 network, since one host commonly holds a whole /64 and could otherwise
+//! take a fresh address for every connection.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+
+/// The address a connection counts against: IPv4 as it is (IPv4-mapped IPv6
+/// too), IPv6 by its /64 network.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// The connections open now, by address.
 #[derive(Debug)]
@@ -45,6 +62,7 @@ impl Limits {
 
     /// A place for a connection from `ip`, or which limit it is over.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let ip = counted_as(ip);
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err("max_connections");
@@ -80,6 +98,23 @@ mod tests {
         let b2 = limits.admit(b);
         assert!(b2.is_ok(), "a closed connection frees its place");
         assert_eq!(limits.total.load(Ordering::Acquire), 3);
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_address() {
+        let limits = Limits::new(10, Some(2));
+        let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, last]);
+        let _a = limits.admit(host(1)).expect("a");
+        let _b = limits.admit(host(2)).expect("b");
+        assert_eq!(limits.admit(host(3)).err(), Some("max_connections_per_ip"), "same /64");
+        let other = IpAddr::from([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1]);
+        assert!(limits.admit(other).is_ok(), "another /64");
+        // IPv4 clients seen through a dual-stack socket count as themselves.
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().expect("an address");
+        let v4: IpAddr = [10, 0, 0, 9].into();
+        let _m = limits.admit(mapped).expect("mapped");
+        let _v = limits.admit(v4).expect("v4");
+        assert_eq!(limits.admit(v4).err(), Some("max_connections_per_ip"));
     }
 
     #[test]
