@@ -165,6 +165,17 @@ def test_a_reader_may_read_but_not_write_and_only_in_its_group(gw, broker):
     assert isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
     assert [v for _, _, v, _ in read_partition(broker.addr, "pay.ledger", 0)] == [b"entry-1"]
 
+    # kafkajs: alice writes, bob is refused with the topic named.
+    from clients import kafkajs
+    scram = lambda user: {"mechanism": "scram-sha-256", "username": user, "password": f"{user}-secret"}
+    kafkajs({"op": "produce", "brokers": [gw.addr], "topic": "pay.ledger", "partition": 0,
+             "records": [{"key": "k", "value": "entry-js"}], "sasl": scram("alice")})
+    with pytest.raises(AssertionError) as e:
+        kafkajs({"op": "produce", "brokers": [gw.addr], "topic": "pay.ledger", "partition": 0,
+                 "records": [{"key": "k", "value": "forged-js"}], "sasl": scram("bob")})
+    assert "not authorized" in str(e.value).lower(), str(e.value)[-500:]
+    assert [v for _, _, v, _ in read_partition(broker.addr, "pay.ledger", 0)] == [b"entry-1", b"entry-js"]
+
     # kafka-python gets the same answer.
     from kafka import KafkaProducer
     from kafka.errors import TopicAuthorizationFailedError
