@@ -195,6 +195,9 @@ impl BrokerConn {
     }
 }
 
+/// How long a connection nobody holds waits for the answers still due.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn read_loop(
     mut rd: tokio::io::ReadHalf<Box<dyn super::transport::Stream>>,
     mut closed: oneshot::Receiver<()>,
@@ -205,8 +208,12 @@ async fn read_loop(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Once no handle is left, answers still due are read before the socket
-    // closes (a retired connection's last requests among them).
+    // closes (a retired connection's last requests among them), for at most
+    // DRAIN: a request that never left, or a broker that never answers,
+    // cannot keep the task.
     let mut unused = false;
+    let drain = tokio::time::sleep(DRAIN);
+    tokio::pin!(drain);
     let reason: String = 'read: loop {
         loop {
             let frame = match codec::split_frame(&mut buf, max_frame) {
@@ -249,7 +256,11 @@ async fn read_loop(
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
             },
-            _ = &mut closed, if !unused => unused = true,
+            _ = &mut closed, if !unused => {
+                unused = true;
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            () = &mut drain, if unused => break "no longer used; answers still due were not awaited".to_string(),
         }
     };
     shared.alive.store(false, Ordering::Release);

@@ -156,12 +156,16 @@ impl SessionConns {
     }
 
     /// The client principal the following requests are for. Connections
-    /// made for another principal are given back.
-    pub fn use_principal(&mut self, principal: &std::sync::Arc<str>) {
+    /// made for another principal are flushed and given back.
+    pub async fn use_principal(&mut self, principal: &std::sync::Arc<str>) {
         if self.principal.as_ref().is_some_and(|p| std::sync::Arc::ptr_eq(p, principal) || **p == **principal) {
             return;
         }
         self.principal = Some(principal.clone());
+        if self.conns.is_empty() {
+            return;
+        }
+        self.flush().await;
         self.give_back();
     }
 

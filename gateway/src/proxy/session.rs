@@ -176,7 +176,7 @@ where
             };
             let client = mapped_who.unwrap_or(&who);
             // Clusters where principals log in as themselves use the client's.
-            conns.use_principal(&client.principal);
+            conns.use_principal(&client.principal).await;
             match handlers::dispatch(gateway, conns, &lanes, client, request).await? {
                 Some(answer) => answers.push_back(Box::pin(
                     answer.map(move |r| (correlation_id, api, started, r)),
