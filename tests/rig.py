@@ -46,15 +46,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+class Exited(RuntimeError):
+    """A process the rig started ended before it listened."""
+
+    def __init__(self, name: str, output: str):
+        super().__init__(f"{name} exited before listening:\n{output}")
+        self.output = output
+
+    def lost_port(self) -> bool:
+        """Whether it died because another socket took the port picked for it."""
+        text = self.output.lower()
+        return "address already in use" in text or "addrinuse" in text
+
+
+def wait_for_port(port: int, timeout: float = 10.0, process: "Process | None" = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise Exited(process.name, process.output())
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    output = f":\n{process.output()}" if process is not None else ""
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s{output}")
+
+
+def start_listening(start, attempts: int = 3):
+    """Calls `start()` until what it starts keeps the ports picked for it.
+
+    Ports come from `free_port()`, which lets go of the port before the process binds
+    it; on a busy machine another socket can take it in between.
+    """
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Exited as e:
+            if not e.lost_port() or attempt + 1 == attempts:
+                raise
 
 
 class Process:
@@ -95,10 +125,16 @@ class Tansu:
     """One tansu process: a single-broker Kafka cluster with in-memory storage."""
 
     def __init__(self, cluster_id: str = "backend", port: int | None = None):
-        self.port = port or free_port()
+        if port is not None:
+            self._launch(cluster_id, port)
+        else:
+            start_listening(lambda: self._launch(cluster_id, free_port()))
+
+    def _launch(self, cluster_id: str, port: int) -> None:
+        self.port = port
         self.addr = f"127.0.0.1:{self.port}"
         url = f"tcp://{self.addr}"
-        self.process = Process(
+        process = Process(
             "tansu",
             [
                 str(tansu_bin()),
@@ -114,7 +150,12 @@ class Tansu:
             ],
             env={"RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
         )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port, process=process)
+        except BaseException:
+            process.close()
+            raise
+        self.process = process
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         subprocess.run(
@@ -147,6 +188,9 @@ class Gateway:
         extra_env=None,
         advertised: str | None = None,
     ):
+        start_listening(lambda: self._launch(backends, config, extra_env, advertised))
+
+    def _launch(self, backends, config, extra_env, advertised) -> None:
         self.port = free_port()
         self.admin_port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
@@ -168,9 +212,14 @@ class Gateway:
                 args += ["--advertised", advertised]
         env = {"CAUSEWAY_LOG": os.environ.get("CAUSEWAY_LOG", "info")}
         env.update(extra_env or {})
-        self.process = Process("causeway", args, env=env)
-        wait_for_port(self.port)
-        wait_for_port(self.admin_port)
+        process = Process("causeway", args, env=env)
+        try:
+            wait_for_port(self.port, process=process)
+            wait_for_port(self.admin_port, process=process)
+        except BaseException:
+            process.close()
+            raise
+        self.process = process
 
     def get(self, path: str) -> tuple[int, str]:
         try:
