@@ -14,6 +14,7 @@ pub mod authz;
 pub mod backend;
 pub mod codec;
 pub mod config;
+pub mod link;
 mod io;
 pub mod plugins;
 pub mod proxy;

@@ -24,15 +24,19 @@ pub struct BatchHeader {
     pub record_count: i32,
 }
 
-const HEADER: usize = 61;
+/// Bytes of a v2 batch header, from the base offset to the record count.
+pub const HEADER: usize = 61;
 const MAGIC_AT: usize = 16;
-const ATTRIBUTES_AT: usize = 21;
-const LAST_OFFSET_DELTA_AT: usize = 23;
-const CRC_AT: usize = 17;
-const PRODUCER_ID_AT: usize = 43;
-const PRODUCER_EPOCH_AT: usize = 51;
-const FIRST_TIMESTAMP_AT: usize = 27;
-const RECORD_COUNT_AT: usize = 57;
+pub const LEADER_EPOCH_AT: usize = 12;
+pub const ATTRIBUTES_AT: usize = 21;
+pub const LAST_OFFSET_DELTA_AT: usize = 23;
+pub const CRC_AT: usize = 17;
+pub const PRODUCER_ID_AT: usize = 43;
+pub const PRODUCER_EPOCH_AT: usize = 51;
+pub const BASE_SEQUENCE_AT: usize = 53;
+pub const FIRST_TIMESTAMP_AT: usize = 27;
+pub const MAX_TIMESTAMP_AT: usize = 35;
+pub const RECORD_COUNT_AT: usize = 57;
 /// Where a batch's records begin.
 pub const RECORDS_AT: usize = HEADER;
 
@@ -50,7 +54,7 @@ fn i64_at(b: &[u8], at: usize) -> Option<i64> {
 }
 
 /// Reads an unsigned varint; returns the value and the bytes it took.
-fn varint(b: &[u8]) -> Option<(u64, usize)> {
+pub fn varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, byte) in b.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * i);
