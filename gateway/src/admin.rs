@@ -33,6 +33,8 @@ pub struct Admin {
     pub backends: Backends,
     pub routes: Arc<RouteControl>,
     pub plugins: crate::plugins::Plugins,
+    /// Cluster links and mirror topics.
+    pub links: Arc<crate::link::Links>,
     /// The bearer token required; every request is let in when `None`.
     pub token: Option<String>,
     /// Whether metrics and health answer without the token.
@@ -153,12 +155,96 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             let status = if failed { StatusCode::BAD_REQUEST } else { StatusCode::OK };
             reply(status, "application/json", serde_json::json!({ "plugins": body }).to_string() + "\n")
         }
+        (_, path) if path == "/links" || path.starts_with("/links/") || path == "/mirrors" || path.starts_with("/mirrors/") => {
+            links(admin, req).await
+        }
         (_, "/routes") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET or PUT\n".into()),
         (_, "/reload") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n".into()),
         (m, _) if m != Method::GET && m != Method::HEAD => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into())
         }
         _ => inspect(admin, req.uri().path()),
+    }
+}
+
+/// The link and mirror API: JSON in, JSON out (see docs/linking.md).
+async fn links(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::link::{LinkError, LinkOptions, LinkSpec, Op};
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewLink {
+        name: String,
+        source: String,
+        destination: String,
+        #[serde(default)]
+        config: std::collections::BTreeMap<String, String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewMirror {
+        topic: String,
+        link: String,
+        #[serde(default)]
+        name: Option<String>,
+    }
+
+    let method = req.method().clone();
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let links = &admin.links;
+    let outcome: Result<(StatusCode, serde_json::Value), LinkError> = match (&method, parts.as_slice()) {
+        (&Method::GET, ["links"]) => Ok((StatusCode::OK, links.list_links().await)),
+        (&Method::POST, ["links"]) => match read_body(req).await {
+            Err(r) => return r,
+            Ok(body) => match serde_json::from_slice::<NewLink>(&body) {
+                Err(e) => Err(LinkError::Invalid(format!(
+                    "not a JSON object {{\"name\", \"source\", \"destination\", \"config\": {{...}}}}: {e}"
+                ))),
+                Ok(new) => {
+                    let mut options = LinkOptions::default();
+                    match new.config.iter().try_for_each(|(k, v)| options.set(k, v)) {
+                        Err(e) => Err(LinkError::Invalid(e)),
+                        Ok(()) => links
+                            .create_link(LinkSpec { name: new.name, source: new.source, destination: new.destination, options })
+                            .await
+                            .map(|v| (StatusCode::CREATED, v)),
+                    }
+                }
+            },
+        },
+        (&Method::GET, ["links", name]) => links.describe_link(name).await.map(|v| (StatusCode::OK, v)),
+        (&Method::DELETE, ["links", name]) => links.delete_link(name).await.map(|v| (StatusCode::OK, v)),
+        (&Method::GET, ["mirrors"]) => {
+            let link = query.split('&').find_map(|kv| kv.strip_prefix("link="));
+            Ok((StatusCode::OK, links.list_mirrors(link).await))
+        }
+        (&Method::POST, ["mirrors"]) => match read_body(req).await {
+            Err(r) => return r,
+            Ok(body) => match serde_json::from_slice::<NewMirror>(&body) {
+                Err(e) => Err(LinkError::Invalid(format!("not a JSON object {{\"topic\", \"link\", \"name\"}}: {e}"))),
+                Ok(new) => links
+                    .create_mirror(&new.topic, &new.link, new.name.as_deref())
+                    .await
+                    .map(|v| (StatusCode::CREATED, v)),
+            },
+        },
+        (&Method::GET, ["mirrors", name]) => links.describe_mirror(name).await.map(|v| (StatusCode::OK, v)),
+        (&Method::POST, ["mirrors", name, op]) => match Op::parse(op) {
+            Some(op) => links.operate(name, op).await.map(|v| (StatusCode::OK, v)),
+            None => Err(LinkError::NotFound(format!("no mirror operation '{op}' (pause, resume, promote, failover)"))),
+        },
+        _ => Err(LinkError::NotFound(format!(
+            "no {method} {path}: see GET/POST /links, GET/DELETE /links/NAME, GET/POST /mirrors, GET /mirrors/NAME, POST /mirrors/NAME/pause|resume|promote|failover"
+        ))),
+    };
+    match outcome {
+        Ok((status, body)) => reply(status, "application/json", body.to_string() + "\n"),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            reply(status, "application/json", serde_json::json!({"error": e.to_string()}).to_string() + "\n")
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod authz;
 pub mod backend;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod link;
@@ -59,6 +60,8 @@ pub async fn start(
         config_path,
     ));
     let mut gateway = proxy::Gateway::new(&config, backends.clone(), router.clone());
+    let links = link::Links::start(backends.clone(), config.cluster_names());
+    gateway.mirrors = links.views.clone();
     let plugins = plugins::load(&config.plugins, &config.cluster_names())?;
     gateway.filters = plugins.filters.clone();
     gateway.router_plugin = plugins.router.clone();
@@ -92,6 +95,7 @@ pub async fn start(
                 backends: backends.clone(),
                 routes: routes.clone(),
                 plugins: plugins.clone(),
+                links: links.clone(),
                 token: config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?,
                 open_metrics: config.admin.open_metrics,
             });

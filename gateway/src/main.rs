@@ -56,6 +56,162 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         iterations: u32,
     },
+    /// Cluster links: create, list, describe, delete (through the admin API).
+    Link {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
+    /// Mirror topics: create, list, describe, pause, resume, promote, failover.
+    Mirror {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: MirrorCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway's admin endpoint, HOST:PORT.
+    #[arg(long, global = true, env = "CAUSEWAY_ADMIN", default_value = "127.0.0.1:9644")]
+    admin: String,
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Link a source cluster to a destination cluster (names from the config).
+    Create {
+        name: String,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        destination: String,
+        /// A link option, KEY=VALUE (repeatable): cluster.link.prefix,
+        /// mirror.start.offset.spec (earliest, latest).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    List,
+    Describe { name: String },
+    /// Delete a link whose mirrors are all promoted, failed over or failed.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum MirrorCommand {
+    /// Mirror a source topic over a link (named with the link's prefix unless --name).
+    Create {
+        topic: String,
+        #[arg(long)]
+        link: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        link: Option<String>,
+    },
+    /// State and per-partition lag.
+    Describe { name: String },
+    /// Stop copying; resume picks up where it stopped.
+    Pause { name: String },
+    Resume { name: String },
+    /// Make the mirror a normal topic once it has no lag.
+    Promote { name: String },
+    /// Make the mirror a normal topic now, whatever its lag.
+    Failover { name: String },
+}
+
+/// Runs one admin API call and prints its answer; exit 1 on an error answer.
+fn admin_call(
+    admin: &AdminArgs,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    show: fn(&serde_json::Value) -> String,
+) -> ExitCode {
+    let target = causeway::cli::Target {
+        admin: admin.admin.clone(),
+        token: std::env::var("CAUSEWAY_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(causeway::cli::call(&target, method, path, body)) {
+        Ok((status, v)) if (200..300).contains(&status) => {
+            if admin.json {
+                println!("{v}");
+            } else {
+                print!("{}", show(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, v)) => {
+            eprintln!("causeway: {}", causeway::cli::error_of(status, &v));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("causeway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn link_command(admin: &AdminArgs, command: LinkCommand) -> ExitCode {
+    use causeway::cli::{link_text, links_table};
+    use hyper::Method;
+    match command {
+        LinkCommand::Create { name, source, destination, config } => {
+            let mut options = serde_json::Map::new();
+            for kv in config {
+                let Some((k, v)) = kv.split_once('=') else {
+                    eprintln!("causeway: --config {kv}: expected KEY=VALUE");
+                    return ExitCode::from(2);
+                };
+                options.insert(k.trim().to_string(), serde_json::Value::String(v.trim().to_string()));
+            }
+            let body = serde_json::json!({"name": name, "source": source, "destination": destination, "config": options});
+            admin_call(admin, Method::POST, "/links", Some(body), link_text)
+        }
+        LinkCommand::List => admin_call(admin, Method::GET, "/links", None, links_table),
+        LinkCommand::Describe { name } => admin_call(admin, Method::GET, &format!("/links/{name}"), None, link_text),
+        LinkCommand::Delete { name } => {
+            admin_call(admin, Method::DELETE, &format!("/links/{name}"), None, |v| format!("deleted link {}\n", v["deleted"].as_str().unwrap_or("?")))
+        }
+    }
+}
+
+fn mirror_command(admin: &AdminArgs, command: MirrorCommand) -> ExitCode {
+    use causeway::cli::{mirror_text, mirrors_table};
+    use hyper::Method;
+    let op = |name: &str, op: &str| admin_call(admin, Method::POST, &format!("/mirrors/{name}/{op}"), None, mirror_text);
+    match command {
+        MirrorCommand::Create { topic, link, name } => {
+            let body = serde_json::json!({"topic": topic, "link": link, "name": name});
+            admin_call(admin, Method::POST, "/mirrors", Some(body), mirror_text)
+        }
+        MirrorCommand::List { link } => {
+            let path = match link {
+                Some(l) => format!("/mirrors?link={l}"),
+                None => "/mirrors".into(),
+            };
+            admin_call(admin, Method::GET, &path, None, mirrors_table)
+        }
+        MirrorCommand::Describe { name } => admin_call(admin, Method::GET, &format!("/mirrors/{name}"), None, mirror_text),
+        MirrorCommand::Pause { name } => op(&name, "pause"),
+        MirrorCommand::Resume { name } => op(&name, "resume"),
+        MirrorCommand::Promote { name } => op(&name, "promote"),
+        MirrorCommand::Failover { name } => op(&name, "failover"),
+    }
 }
 
 /// `[users.NAME]` with SCRAM-SHA-256 and -512 keys for the password on stdin.
@@ -92,6 +248,8 @@ fn toml_key(name: &str) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Link { admin, command } => link_command(&admin, command),
+        Command::Mirror { admin, command } => mirror_command(&admin, command),
         Command::SaslUser { user, iterations } => match sasl_user(&user, iterations) {
             Ok(entry) => {
                 print!("{entry}");

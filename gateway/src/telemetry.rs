@@ -28,6 +28,12 @@ const PLUGIN_TRAPS: &str = "causeway_plugin_failures_total";
 const PLUGIN_REJECTED: &str = "causeway_plugin_rejected_batches_total";
 const PLUGIN_CHANGED: &str = "causeway_plugin_changed_batches_total";
 const PLUGIN_COUNTER: &str = "causeway_plugin_counter_total";
+const MIRROR_LAG: &str = "causeway_mirror_lag_records";
+const MIRROR_LAG_SECONDS: &str = "causeway_mirror_lag_seconds";
+const MIRROR_RECORDS: &str = "causeway_mirror_records_total";
+const MIRROR_BYTES: &str = "causeway_mirror_bytes_total";
+const MIRROR_FILLER: &str = "causeway_mirror_filler_offsets_total";
+const MIRROR_STATE: &str = "causeway_mirror_state";
 
 /// Installs the Prometheus recorder and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -78,12 +84,44 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         Unit::Count,
         "Metadata requests Causeway made itself (refreshes and health probes), by cluster."
     );
+    describe_gauge!(MIRROR_LAG, Unit::Count, "Source records (offsets) not yet on the mirror, by mirror and partition.");
+    describe_gauge!(
+        MIRROR_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the newest record on the mirror while the mirror lags, 0 when caught up, by mirror and partition."
+    );
+    describe_counter!(MIRROR_RECORDS, Unit::Count, "Source records written to the mirror, by mirror.");
+    describe_counter!(MIRROR_BYTES, Unit::Bytes, "Record batch bytes written to the mirror, by mirror.");
+    describe_counter!(
+        MIRROR_FILLER,
+        Unit::Count,
+        "Offsets the mirror filled because the source holds no record to mirror there (markers, aborted data, compaction), by mirror."
+    );
+    describe_gauge!(MIRROR_STATE, Unit::Count, "1 for the mirror's current state, 0 for the others, by mirror and state.");
     describe_gauge!(
         CLUSTER_UP,
         Unit::Count,
         "1 when the backend cluster answered its bootstrap, by cluster."
     );
     Ok(handle)
+}
+
+pub fn mirror_lag(mirror: &str, partition: i32, records: i64, seconds: f64) {
+    let p = partition.to_string();
+    gauge!(MIRROR_LAG, "mirror" => mirror.to_string(), "partition" => p.clone()).set(records as f64);
+    gauge!(MIRROR_LAG_SECONDS, "mirror" => mirror.to_string(), "partition" => p).set(seconds);
+}
+
+pub fn mirror_written(mirror: &str, records: u64, filler: u64, bytes: u64) {
+    counter!(MIRROR_RECORDS, "mirror" => mirror.to_string()).increment(records);
+    counter!(MIRROR_FILLER, "mirror" => mirror.to_string()).increment(filler);
+    counter!(MIRROR_BYTES, "mirror" => mirror.to_string()).increment(bytes);
+}
+
+pub fn mirror_state(mirror: &str, state: &str, all: &[&str]) {
+    for s in all {
+        gauge!(MIRROR_STATE, "mirror" => mirror.to_string(), "state" => s.to_string()).set(if *s == state { 1.0 } else { 0.0 });
+    }
 }
 
 pub fn request(api: &'static str, elapsed: Duration) {

@@ -116,6 +116,28 @@ pub fn cut(records: &Bytes, mut next: i64, aborted: &[(i64, i64)]) -> Result<(Ve
     Ok((out, next))
 }
 
+/// For a source that lists no aborted transactions in read_committed answers:
+/// `records` up to the first transaction whose marker is not among them, and the
+/// transactions aborted there (each run of a producer that ends in an ABORT
+/// marker), which is what a Kafka broker would list.
+pub fn settled(records: &Bytes) -> (Bytes, Vec<(i64, i64)>) {
+    let mut open: Vec<(i64, usize)> = Vec::new();
+    let mut at = 0usize;
+    for h in b::headers(records) {
+        let slot = open.iter().position(|(pid, _)| *pid == h.producer_id);
+        match (h.control_batch, slot) {
+            (true, Some(i)) => drop(open.swap_remove(i)),
+            (false, None) if h.transactional => open.push((h.producer_id, at)),
+            _ => {}
+        }
+        at += h.size;
+    }
+    let end = open.iter().map(|(_, start)| *start).min().unwrap_or(records.len());
+    let kept = records.slice(..end);
+    let aborted = b::aborted_transactions(&kept);
+    (kept, aborted)
+}
+
 /// Adds `count` filler offsets, joined to filler just before.
 fn fill(out: &mut Vec<Piece>, count: i64, timestamp: i64) {
     if count <= 0 {
@@ -560,6 +582,20 @@ mod tests {
         old[16] = 1; // magic v1
         log.extend(&old);
         assert_eq!(cut(&Bytes::from(log), 0, &[]), Err(Unmirrorable::OldFormat(0)));
+    }
+
+    #[test]
+    fn an_answer_is_settled_up_to_its_first_open_transaction() {
+        let mut log = Vec::new();
+        log.extend(source_batch(&[record(0, "a", "1")], Compression::None, 7, true));
+        log.extend(control(1, 7, 0)); // abort
+        log.extend(source_batch(&[record(2, "b", "2")], Compression::None, -1, false));
+        let open_at = log.len();
+        log.extend(source_batch(&[record(3, "c", "3")], Compression::None, 8, true));
+        log.extend(source_batch(&[record(4, "d", "4")], Compression::None, -1, false));
+        let (kept, aborted) = settled(&Bytes::from(log));
+        assert_eq!(kept.len(), open_at);
+        assert_eq!(aborted, vec![(7, 0)]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use uuid::Uuid;
 
 use super::handlers::{await_reply, code};
-use super::partitioned::{plan, Names, Place, Positions, Split, TopicKey};
+use super::partitioned::{moved, plan, shift_of, Names, Place, Positions, Split, TopicKey};
 use super::session::Answer;
 use super::{Gateway, ProxyError};
 use crate::backend::{BrokerRef, Lane, SessionConns};
@@ -153,6 +153,10 @@ pub async fn route(
                 let names = plan.names(*broker, gw.node_id);
                 let mut part = body.subset(keep);
                 let renamed = part.rename(&names);
+                let mirrored = plan.mirrored.contains(&broker.cluster);
+                if mirrored {
+                    part.mirror_request(&shift_of(gw, broker.cluster));
+                }
                 let frame = req.reencode(&part, FetchRequest::WHAT)?;
                 let back = if renamed { names.reversed() } else { Names::default() };
                 match conns.send_on(*broker, Lane::Fetch, frame).await {
@@ -170,6 +174,9 @@ pub async fn route(
                                 if let Some(c) = gw.backends.cluster(broker.cluster) {
                                     c.mark_stale();
                                 }
+                            }
+                            if mirrored {
+                                FetchRequest::mirror_answer(&mut out, &shift_of(&gw, broker.cluster));
                             }
                             if !back.topics.is_empty() {
                                 FetchRequest::rename_back(&mut out, &back);
@@ -365,6 +372,7 @@ async fn end_offsets(gw: &Gateway, source: &Source, isolation_level: i8) -> Opti
     let mut out = Vec::new();
     for t in &body.topics {
         for p in t.partitions.iter().filter(|p| p.error_code == 0 && p.offset >= 0) {
+            let shift = gw.mirrors.get(source.broker.cluster, t.name.0.as_str()).map_or(0, |v| v.shift(p.partition_index));
             let key = source
                 .backend
                 .iter()
@@ -373,8 +381,8 @@ async fn end_offsets(gw: &Gateway, source: &Source, isolation_level: i8) -> Opti
             out.push((
                 key,
                 Marks {
-                    high_watermark: p.offset,
-                    last_stable_offset: p.offset,
+                    high_watermark: moved(p.offset, shift),
+                    last_stable_offset: moved(p.offset, shift),
                     log_start_offset: -1,
                 },
             ));

@@ -58,6 +58,8 @@ pub struct Gateway {
     pub sasl: Option<Arc<crate::sasl::Authenticator>>,
     /// ACL rules; every client may do everything when `None`.
     pub authz: Option<Arc<crate::authz::Authorizer>>,
+    /// Mirror topics: offsets moved, filler shown as markers, writes refused.
+    pub mirrors: Arc<crate::link::Views>,
 }
 
 impl Gateway {
@@ -84,6 +86,7 @@ impl Gateway {
             tls: None,
             sasl: None,
             authz: None,
+            mirrors: Default::default(),
         }
     }
 
@@ -158,6 +161,7 @@ impl Gateway {
             tls: None,
             sasl: None,
             authz: None,
+            mirrors: Default::default(),
         }
     }
 

@@ -192,6 +192,42 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn set_producer(&mut self, _id: (i64, i16)) -> bool {
         true
     }
+    /// Whether the request writes records or deletes them: refused on a mirror
+    /// topic until it is promoted or failed over.
+    const WRITES: bool = false;
+    /// Moves the offsets of mirror partitions in this request (in backend names)
+    /// from the client's numbering (the source's) to the destination's, by each
+    /// partition's shift (`None`: not a mirror); whether anything changed.
+    fn mirror_request(&mut self, _shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+        false
+    }
+    /// Moves an answer's offsets back to the client's numbering; whether anything
+    /// changed.
+    fn mirror_answer(_resp: &mut Self::Resp, _shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+        false
+    }
+}
+
+/// The shift of a partition of cluster `ci` if its topic (backend name or id) is a
+/// mirror.
+pub fn shift_of(gw: &Gateway, ci: usize) -> impl Fn(&TopicKey, i32) -> Option<i64> + '_ {
+    move |key, partition| {
+        let view = match key {
+            TopicKey::Name(n) => gw.mirrors.get(ci, n)?,
+            TopicKey::Id(id) => gw.mirrors.get(ci, &gw.backends.cluster(ci)?.topic_name(id)?)?,
+            TopicKey::Default => return None,
+        };
+        Some(view.shift(partition))
+    }
+}
+
+/// `offset` moved by `by` where it is an offset (not -1 for "none").
+pub fn moved(offset: i64, by: i64) -> i64 {
+    if offset >= 0 {
+        offset.saturating_add(by).max(0)
+    } else {
+        offset
+    }
 }
 
 /// Routes a partition-routed request.
@@ -227,6 +263,11 @@ pub struct Plan {
     pub local: Vec<(i16, String, Positions)>,
     /// Renamed topics per cluster.
     pub renames: HashMap<usize, HashMap<String, String>>,
+    /// Clusters a mirror topic of this request lives on.
+    pub mirrored: std::collections::HashSet<usize>,
+    /// Topics (by index) that are mirrors clients may not write yet, with the
+    /// mirror's name.
+    pub read_only: HashMap<usize, String>,
 }
 
 impl Plan {
@@ -234,6 +275,31 @@ impl Plan {
         match self.local.iter_mut().find(|(c, m, _)| *c == code && *m == message) {
             Some((_, _, keep)) => keep.push(at),
             None => self.local.push((code, message, vec![at])),
+        }
+    }
+
+    /// Moves the positions of read-only mirror topics to Causeway's own answers.
+    pub fn refuse_mirror_writes(&mut self) {
+        if self.read_only.is_empty() {
+            return;
+        }
+        let mut refused: Vec<((usize, usize), String)> = Vec::new();
+        for keep in self.brokers.values_mut() {
+            keep.retain(|at| match self.read_only.get(&at.0) {
+                Some(mirror) => {
+                    refused.push((*at, mirror.clone()));
+                    false
+                }
+                None => true,
+            });
+        }
+        self.brokers.retain(|_, keep| !keep.is_empty());
+        for (at, mirror) in refused {
+            self.fail(
+                code::POLICY_VIOLATION,
+                format!("topic '{mirror}' is a read-only mirror until it is promoted or failed over"),
+                at,
+            );
         }
     }
 
@@ -319,6 +385,14 @@ pub async fn plan(
                 }
                 TopicKey::Default => (router.default_cluster(), None),
             };
+            if let (Some(name), false) = (&backend, gw.mirrors.is_empty()) {
+                if let Some(view) = gw.mirrors.get(ci, name) {
+                    out.mirrored.insert(ci);
+                    if !view.writable {
+                        out.read_only.insert(ti, view.mirror.clone());
+                    }
+                }
+            }
             let Some(cluster) = gw.backends.cluster(ci) else { continue };
             if !cluster.is_ready() {
                 for pi in 0..partitions.len() {
@@ -411,6 +485,9 @@ pub async fn route<T: Split>(
         return Ok(body.expects_response().then(|| Box::pin(async move { Ok(bytes) }) as Answer));
     }
     let mut plan = plan(gw, router, &keys, T::PLACE, T::NO_ROUTE, T::UNREACHABLE, T::OPERATION, T::WHAT).await;
+    if T::WRITES {
+        plan.refuse_mirror_writes();
+    }
     let rejected = if gw.filters.is_empty() {
         Vec::new()
     } else {
@@ -451,7 +528,7 @@ pub async fn route<T: Split>(
             return Ok(None);
         }
         match conns.send(broker, frame).await {
-            Ok(reply) => sent.push((broker, Positions::new(), Names::default(), reply)),
+            Ok(reply) => sent.push((broker, Positions::new(), Names::default(), reply, false)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -472,11 +549,15 @@ pub async fn route<T: Split>(
             }
             _ => None,
         };
-        let frame = if single && !changed && names.topics.is_empty() && !body.renames_brokers() && stand_in.is_none() {
+        let mirrored = plan.mirrored.contains(&broker.cluster);
+        let frame = if single && !changed && names.topics.is_empty() && !body.renames_brokers() && stand_in.is_none() && !mirrored {
             req.frame.clone()
         } else {
             let mut part = body.subset(keep);
             renamed = part.rename(&names);
+            if mirrored {
+                part.mirror_request(&shift_of(gw, broker.cluster));
+            }
             if let Some(id) = stand_in {
                 if !part.set_producer(id) {
                     local.push((code::CORRUPT_MESSAGE, "record batches are not whole v2 batches".into(), keep.clone()));
@@ -492,7 +573,7 @@ pub async fn route<T: Split>(
             conns.send_oneway(*broker, frame).await.map(|()| None)
         };
         match outcome {
-            Ok(Some(reply)) => sent.push((*broker, keep.clone(), names, reply)),
+            Ok(Some(reply)) => sent.push((*broker, keep.clone(), names, reply, mirrored)),
             Ok(None) => {}
             Err(e) => {
                 let cluster = gw.backends.cluster(broker.cluster).map_or("?", |c| c.name.as_str());
@@ -516,7 +597,7 @@ pub async fn route<T: Split>(
     Ok(Some(Box::pin(async move {
         let only_one = sent.len() == 1 && local.is_empty();
         let mut acc = T::Resp::default();
-        for (broker, keep, names, reply) in sent {
+        for (broker, keep, names, reply, mirrored) in sent {
             let cluster = gw.backends.cluster(broker.cluster).cloned();
             match await_reply(reply).await {
                 Ok(resp) => {
@@ -526,11 +607,12 @@ pub async fn route<T: Split>(
                             c.mark_stale();
                         }
                     }
+                    let mut rewritten = mirrored && T::mirror_answer(&mut part, &shift_of(&gw, broker.cluster));
                     let renamed = !names.topics.is_empty() || names.node.is_some();
                     if renamed {
                         T::rename_back(&mut part, &names);
                     }
-                    let mut rewritten = body.rewrite(&mut part, &gw);
+                    rewritten |= body.rewrite(&mut part, &gw);
                     if !gw.filters.is_empty() {
                         rewritten |= T::filter_answer(&mut part, &gw, &routes);
                     }
@@ -684,6 +766,23 @@ impl Split for ProduceRequest {
         resp.responses
             .iter()
             .any(|t| t.partition_responses.iter().any(|p| code::leader_moved(p.error_code)))
+    }
+
+    const WRITES: bool = true;
+
+    fn mirror_answer(resp: &mut ProduceResponse, shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+        let mut changed = false;
+        for t in &mut resp.responses {
+            let key = name_key(&t.name.0);
+            for p in &mut t.partition_responses {
+                if let Some(s) = shift(&key, p.index) {
+                    p.base_offset = moved(p.base_offset, s);
+                    p.log_start_offset = moved(p.log_start_offset, s);
+                    changed = true;
+                }
+            }
+        }
+        changed
     }
 
     fn rewrite(&self, resp: &mut ProduceResponse, gw: &Gateway) -> bool {
@@ -850,6 +949,45 @@ impl Split for FetchRequest {
 
     fn filter_answer(resp: &mut FetchResponse, gw: &Gateway, routes: &ClientRoutes) -> bool {
         filter_fetch(resp, gw, routes)
+    }
+
+    fn mirror_request(&mut self, shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+        let mut changed = false;
+        for t in &mut self.topics {
+            let key = if t.topic_id.is_nil() { name_key(&t.topic.0) } else { TopicKey::Id(t.topic_id) };
+            for p in &mut t.partitions {
+                if let Some(s) = shift(&key, p.partition) {
+                    // An offset before the mirror began is out of range there too.
+                    p.fetch_offset = if p.fetch_offset >= 0 { p.fetch_offset.saturating_sub(s) } else { p.fetch_offset };
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// A mirror partition's records at the source's offsets, filler shown as
+    /// transaction markers, and its marks moved (see `link::records`).
+    fn mirror_answer(resp: &mut FetchResponse, shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+        let mut changed = false;
+        for t in &mut resp.responses {
+            let key = if t.topic_id.is_nil() { name_key(&t.topic.0) } else { TopicKey::Id(t.topic_id) };
+            for p in &mut t.partitions {
+                let Some(s) = shift(&key, p.partition_index) else { continue };
+                changed = true;
+                p.high_watermark = moved(p.high_watermark, s);
+                p.last_stable_offset = moved(p.last_stable_offset, s);
+                p.log_start_offset = moved(p.log_start_offset, s);
+                p.diverging_epoch.end_offset = moved(p.diverging_epoch.end_offset, s);
+                for a in p.aborted_transactions.iter_mut().flatten() {
+                    a.first_offset = moved(a.first_offset, s);
+                }
+                if let Some(shown) = p.records.as_ref().and_then(|r| crate::link::records::present(r, s)) {
+                    p.records = Some(shown);
+                }
+            }
+        }
+        changed
     }
 
     fn rename_back(resp: &mut FetchResponse, names: &Names) {
@@ -1022,13 +1160,46 @@ macro_rules! simple_split {
         topic: $topic:ident, partition: $partition:ident,
         answer topic: $rt:ty, answer partition: $rp:ty, answer index: $rpi:ident,
         operation: $op:expr,
-        failed: $fix:expr
+        failed: $fix:expr,
+        request partition: $qp:ty, writes: $writes:expr,
+        mirror request: $mreq:expr, mirror answer: $mans:expr
     ) => {
         impl Split for $req {
             type Resp = $resp;
             const WHAT: &'static str = $what;
             const RESP_WHAT: &'static str = $resp_what;
             const OPERATION: Option<Operation> = Some($op);
+            const WRITES: bool = $writes;
+
+            fn mirror_request(&mut self, shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+                let f: fn(&mut $qp, i64) = $mreq;
+                let mut changed = false;
+                for t in &mut self.topics {
+                    let key = name_key(&t.$topic.0);
+                    for p in &mut t.partitions {
+                        if let Some(s) = shift(&key, p.$partition) {
+                            f(p, s);
+                            changed = true;
+                        }
+                    }
+                }
+                changed
+            }
+
+            fn mirror_answer(resp: &mut $resp, shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
+                let f: fn(&mut $rp, i64) = $mans;
+                let mut changed = false;
+                for t in &mut resp.topics {
+                    let key = name_key(&t.$topic.0);
+                    for p in &mut t.partitions {
+                        if let Some(s) = shift(&key, p.$rpi) {
+                            f(p, s);
+                            changed = true;
+                        }
+                    }
+                }
+                changed
+            }
 
             fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
                 self.topics
@@ -1100,7 +1271,10 @@ simple_split!(
     answer partition: list_offsets_response::ListOffsetsPartitionResponse,
     answer index: partition_index,
     operation: Operation::Describe,
-    failed: |_| {}
+    failed: |_| {},
+    request partition: kafka_protocol::messages::list_offsets_request::ListOffsetsPartition, writes: false,
+    mirror request: |_, _| {},
+    mirror answer: |p, s| p.offset = moved(p.offset, s)
 );
 
 simple_split!(
@@ -1111,7 +1285,10 @@ simple_split!(
     answer partition: offset_for_leader_epoch_response::EpochEndOffset,
     answer index: partition,
     operation: Operation::Describe,
-    failed: |_| {}
+    failed: |_| {},
+    request partition: kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderPartition, writes: false,
+    mirror request: |_, _| {},
+    mirror answer: |p, s| p.end_offset = moved(p.end_offset, s)
 );
 
 simple_split!(
@@ -1121,7 +1298,10 @@ simple_split!(
     answer partition: delete_records_response::DeleteRecordsPartitionResult,
     answer index: partition_index,
     operation: Operation::Delete,
-    failed: |p| p.low_watermark = -1
+    failed: |p| p.low_watermark = -1,
+    request partition: kafka_protocol::messages::delete_records_request::DeleteRecordsPartition, writes: true,
+    mirror request: |p, s| p.offset = moved(p.offset, -s),
+    mirror answer: |p, s| p.low_watermark = moved(p.low_watermark, s)
 );
 
 #[cfg(test)]
