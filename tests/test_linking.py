@@ -25,7 +25,12 @@ from clients import (
 )
 from rig import Gateway, Tansu, admin_call, causeway_bin, clusters_config, wait_for
 
-ROUTES = [{"topics": "dr.*", "cluster": "west"}, {"topics": "late.*", "cluster": "west"}, {"topics": "*", "cluster": "east"}]
+ROUTES = [
+    {"topics": "dr.*", "cluster": "west"},
+    {"topics": "late.*", "cluster": "west"},
+    {"topics": "s.*", "cluster": "west"},
+    {"topics": "*", "cluster": "east"},
+]
 _names = iter(range(10_000))
 
 
@@ -245,6 +250,86 @@ def test_a_write_behind_the_links_back_fails_the_mirror_and_failover_still_works
     assert status == 409
     status, body, text = admin_call(gw, "POST", f"/mirrors/{mirrored}/failover")
     assert status == 200 and body["state"] == "STOPPED" and body["reason"] == "failed over", text
+
+
+def commit(addr, group, offsets):
+    """Commits {(topic, partition): offset} for `group` without joining it."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+    finally:
+        c.close()
+
+
+def consume_as_group(addr, group, topic, partitions, count, timeout=30.0):
+    """Reads `count` records per partition from the group's committed offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": group, "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition(topic, p) for p in partitions])
+    out = {p: [] for p in partitions}
+    deadline = time.monotonic() + timeout
+    try:
+        while any(len(v) < count[p] for p, v in out.items()):
+            assert time.monotonic() < deadline, f"only {[(p, len(v)) for p, v in out.items()]} of {count}"
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            assert m.error() is None, m.error()
+            out[m.partition()].append((m.offset(), m.key(), m.value(), [(k, v) for k, v in (m.headers() or [])]))
+    finally:
+        c.close()
+    return out
+
+
+def test_consumer_offsets_follow_and_a_failover_moves_clients_to_the_mirror(linked):
+    from clients import committed
+
+    east, west, gw = linked
+    status, body, text = admin_call(gw, "POST", "/links", {
+        "name": "sync", "source": "east", "destination": "west",
+        "config": {"cluster.link.prefix": "s.", "consumer.offset.sync.enable": "true",
+                   "consumer.offset.sync.ms": "1000", "consumer.offset.group.filters": "*,!skip-*"},
+    })
+    assert status == 201, text
+    topic = name("billing")
+    east.create_topic(topic, 2)
+    for p in range(2):
+        produce_confluent(gw.addr, topic, records(100, f"b{p}"), codec="snappy", partition=p)
+    transactions(gw.addr, topic, 1, [("t", 5, True), ("x", 5, False)])
+    mirrored = mirror(gw, topic, link="sync")
+    caught_up(gw, mirrored, ends_of(gw.addr, topic, [0, 1]))
+    commit(gw.addr, "billing-app", {(topic, 0): 60, (topic, 1): 40})
+    commit(gw.addr, "skip-me", {(topic, 0): 10})
+
+    want = {(mirrored, 0): 60, (mirrored, 1): 40}
+    wait_for(lambda: committed(gw.addr, "billing-app", list(want)) == want, 20, "offsets synced")
+    assert committed(gw.addr, "skip-me", [(mirrored, 0)]) == {(mirrored, 0): None}, "filtered out"
+    status, body, _ = admin_call(gw, "GET", "/links/sync")
+    assert body["offset_sync"]["last_error"] is None and body["offset_sync"]["rounds"] >= 1, body
+
+    # Fail over and switch the route: clients keep using the source topic's name.
+    before = read_partitions(gw.addr, topic, [0, 1], isolation="read_committed")
+    status, body, text = admin_call(gw, "POST", f"/mirrors/{mirrored}/failover", {"switch_route": True})
+    assert status == 200 and body["route"] == topic, text
+    status, routes, _ = admin_call(gw, "GET", "/routes")
+    assert routes["routes"][0] == {"topics": topic, "cluster": "west", "rename": {"from": topic, "to": mirrored}}
+    # The group goes on where it left off, at the same offsets, on the mirror.
+    got = consume_as_group(gw.addr, "billing-app", topic, [0, 1], {0: 40, 1: len(before[1]) - 40})
+    assert got[0] == before[0][60:]
+    assert got[1] == before[1][40:]
+    # Producers write to the mirror now, and offsets carry on from the source's.
+    end = ends_of(gw.addr, topic, [0])[0]
+    produce_confluent(gw.addr, topic, records(3, "after"), partition=0)
+    assert [o for o, *_ in read_partition(gw.addr, topic, 0)[-3:]] == [end, end + 1, end + 2]
+    assert log_end(west.addr, mirrored, 0) == 103, "the writes landed on the mirror"
+    # Offsets committed on the source now no longer overwrite the mirror's.
+    commit(east.addr, "billing-app", {(topic, 0): 5})
+    time.sleep(2.5)
+    assert committed(gw.addr, "billing-app", [(topic, 0)]) == {(topic, 0): 60}
 
 
 def test_bad_requests_get_clear_answers(linked):

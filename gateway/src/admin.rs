@@ -232,7 +232,23 @@ async fn links(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         },
         (&Method::GET, ["mirrors", name]) => links.describe_mirror(name).await.map(|v| (StatusCode::OK, v)),
         (&Method::POST, ["mirrors", name, op]) => match Op::parse(op) {
-            Some(op) => links.operate(name, op).await.map(|v| (StatusCode::OK, v)),
+            Some(op) => {
+                #[derive(serde::Deserialize, Default)]
+                #[serde(deny_unknown_fields)]
+                struct Options {
+                    #[serde(default)]
+                    switch_route: bool,
+                }
+                let (name, op) = (name.to_string(), op);
+                match read_body(req).await {
+                    Err(r) => return r,
+                    Ok(body) if body.iter().all(u8::is_ascii_whitespace) => links.operate(&name, op, false).await.map(|v| (StatusCode::OK, v)),
+                    Ok(body) => match serde_json::from_slice::<Options>(&body) {
+                        Err(e) => Err(LinkError::Invalid(format!("not a JSON object {{\"switch_route\": true|false}}: {e}"))),
+                        Ok(o) => links.operate(&name, op, o.switch_route).await.map(|v| (StatusCode::OK, v)),
+                    },
+                }
+            }
             None => Err(LinkError::NotFound(format!("no mirror operation '{op}' (pause, resume, promote, failover)"))),
         },
         _ => Err(LinkError::NotFound(format!(

@@ -60,7 +60,7 @@ pub async fn start(
         config_path,
     ));
     let mut gateway = proxy::Gateway::new(&config, backends.clone(), router.clone());
-    let links = link::Links::start(backends.clone(), config.cluster_names());
+    let links = link::Links::start(backends.clone(), config.cluster_names(), routes.clone());
     gateway.mirrors = links.views.clone();
     let plugins = plugins::load(&config.plugins, &config.cluster_names())?;
     gateway.filters = plugins.filters.clone();

@@ -122,9 +122,20 @@ enum MirrorCommand {
     Pause { name: String },
     Resume { name: String },
     /// Make the mirror a normal topic once it has no lag.
-    Promote { name: String },
+    Promote {
+        name: String,
+        /// Also route the source topic's name to the mirror, so clients carry on
+        /// through Causeway unchanged.
+        #[arg(long)]
+        switch_route: bool,
+    },
     /// Make the mirror a normal topic now, whatever its lag.
-    Failover { name: String },
+    Failover {
+        name: String,
+        /// Also route the source topic's name to the mirror.
+        #[arg(long)]
+        switch_route: bool,
+    },
 }
 
 /// Runs one admin API call and prints its answer; exit 1 on an error answer.
@@ -194,6 +205,10 @@ fn mirror_command(admin: &AdminArgs, command: MirrorCommand) -> ExitCode {
     use causeway::cli::{mirror_text, mirrors_table};
     use hyper::Method;
     let op = |name: &str, op: &str| admin_call(admin, Method::POST, &format!("/mirrors/{name}/{op}"), None, mirror_text);
+    let stop = |name: &str, op: &str, switch_route: bool| {
+        let body = switch_route.then(|| serde_json::json!({"switch_route": true}));
+        admin_call(admin, Method::POST, &format!("/mirrors/{name}/{op}"), body, mirror_text)
+    };
     match command {
         MirrorCommand::Create { topic, link, name } => {
             let body = serde_json::json!({"topic": topic, "link": link, "name": name});
@@ -209,8 +224,8 @@ fn mirror_command(admin: &AdminArgs, command: MirrorCommand) -> ExitCode {
         MirrorCommand::Describe { name } => admin_call(admin, Method::GET, &format!("/mirrors/{name}"), None, mirror_text),
         MirrorCommand::Pause { name } => op(&name, "pause"),
         MirrorCommand::Resume { name } => op(&name, "resume"),
-        MirrorCommand::Promote { name } => op(&name, "promote"),
-        MirrorCommand::Failover { name } => op(&name, "failover"),
+        MirrorCommand::Promote { name, switch_route } => stop(&name, "promote", switch_route),
+        MirrorCommand::Failover { name, switch_route } => stop(&name, "failover", switch_route),
     }
 }
 

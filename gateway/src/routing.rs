@@ -503,6 +503,28 @@ pub struct RouteControl {
     cell: Arc<RouterCell>,
     clusters: Vec<String>,
     config_path: Option<std::path::PathBuf>,
+    /// Routes from the config or the admin API.
+    configured: std::sync::Mutex<Vec<RouteConfig>>,
+    /// Topics switched to their mirror by a promote or failover; they come first
+    /// and outlive route changes and reloads.
+    switched: std::sync::Mutex<Vec<RouteConfig>>,
+}
+
+fn switch_route(topic: &str, cluster: &str, backend: &str) -> RouteConfig {
+    RouteConfig {
+        topics: Some(topic.to_string()),
+        groups: None,
+        transactional_ids: None,
+        cluster: cluster.to_string(),
+        rename: (topic != backend).then(|| Rename { from: topic.to_string(), to: backend.to_string() }),
+    }
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 /// Why routes were not changed.
@@ -516,11 +538,65 @@ pub enum RouteChangeError {
 
 impl RouteControl {
     pub fn new(cell: Arc<RouterCell>, clusters: Vec<String>, config_path: Option<std::path::PathBuf>) -> Self {
+        let configured = cell.get().routes().to_vec();
         Self {
             cell,
             clusters,
             config_path,
+            configured: std::sync::Mutex::new(configured),
+            switched: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Problems of the configured routes, and of the switched ones. A switched
+    /// route names one topic and comes first, so it may give its mirror a second
+    /// name: the mirror's own name still routes, and listings show the switched one.
+    fn problems(&self, switched: &[RouteConfig], configured: &[RouteConfig]) -> Vec<Problem> {
+        let mut out = validate(configured, &self.clusters);
+        if switched.is_empty() {
+            return out;
+        }
+        out.extend(validate(switched, &self.clusters).into_iter().map(|mut p| {
+            p.field = format!("switched {}", p.field);
+            p
+        }));
+        out
+    }
+
+    /// The router in force.
+    pub fn router(&self) -> Arc<Router> {
+        self.cell.get()
+    }
+
+    /// Whether [`RouteControl::switch_topic`] would be accepted.
+    pub fn check_switch(&self, topic: &str, cluster: &str, backend: &str) -> Result<(), RouteChangeError> {
+        let mut switched = vec![switch_route(topic, cluster, backend)];
+        switched.extend(locked(&self.switched).iter().filter(|r| r.topics.as_deref() != Some(topic)).cloned());
+        let problems = self.problems(&switched, &locked(&self.configured));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RouteChangeError::Invalid(problems))
+        }
+    }
+
+    /// Routes the client-visible `topic` to `backend` on `cluster` (a mirror that
+    /// was promoted or failed over), ahead of every other route.
+    pub fn switch_topic(&self, topic: &str, cluster: &str, backend: &str) -> Result<(), RouteChangeError> {
+        let route = switch_route(topic, cluster, backend);
+        let mut switched = locked(&self.switched).clone();
+        switched.retain(|r| r.topics.as_deref() != Some(topic));
+        switched.insert(0, route);
+        let configured = locked(&self.configured).clone();
+        let problems = self.problems(&switched, &configured);
+        if !problems.is_empty() {
+            return Err(RouteChangeError::Invalid(problems));
+        }
+        let all: Vec<RouteConfig> = switched.iter().chain(configured.iter()).cloned().collect();
+        *locked(&self.switched) = switched;
+        self.cell.set(Router::new(&all, &self.clusters));
+        tracing::info!(topic, cluster, backend, "topic switched to its mirror");
+        Ok(())
     }
 
     /// The routes in force.
@@ -531,13 +607,18 @@ impl RouteControl {
     /// Replaces the routes if they are valid; clients see the change at their next
     /// metadata refresh, and connections stay open.
     pub fn replace(&self, routes: Vec<RouteConfig>) -> Result<Vec<RouteConfig>, RouteChangeError> {
-        let problems = validate(&routes, &self.clusters);
+        let switched = locked(&self.switched).clone();
+        // A list read back from GET /routes holds the switched routes too.
+        let configured: Vec<RouteConfig> = routes.into_iter().filter(|r| !switched.contains(r)).collect();
+        let problems = self.problems(&switched, &configured);
         if !problems.is_empty() {
             return Err(RouteChangeError::Invalid(problems));
         }
-        self.cell.set(Router::new(&routes, &self.clusters));
-        tracing::info!(routes = routes.len(), "routes changed");
-        Ok(routes)
+        let all: Vec<RouteConfig> = switched.iter().chain(configured.iter()).cloned().collect();
+        self.cell.set(Router::new(&all, &self.clusters));
+        *locked(&self.configured) = configured;
+        tracing::info!(routes = all.len(), "routes changed");
+        Ok(all)
     }
 
     /// Re-reads the config file and applies its routes. Clusters cannot change

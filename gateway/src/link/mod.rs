@@ -13,6 +13,7 @@
 //! filler as markers, and refuses writes until the mirror is promoted or failed
 //! over.
 
+pub mod groups;
 pub mod mirror;
 pub mod records;
 pub mod store;
@@ -45,7 +46,7 @@ pub struct LinkSpec {
 
 /// A link's options, set with `--config key=value` (Cluster Linking's names are
 /// accepted too).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LinkOptions {
     /// Put before a source topic's name to name its mirror (`cluster.link.prefix`).
@@ -54,6 +55,36 @@ pub struct LinkOptions {
     /// Where a new mirror begins (`mirror.start.offset.spec`).
     #[serde(default)]
     pub start: Start,
+    /// Copy committed offsets of source groups (`consumer.offset.sync.enable`).
+    #[serde(default)]
+    pub offset_sync: bool,
+    /// How often, in milliseconds, 1000 at least (`consumer.offset.sync.ms`).
+    #[serde(default = "default_offset_sync_ms")]
+    pub offset_sync_ms: u64,
+    /// Which groups: globs, `!glob` excludes, the last match wins
+    /// (`consumer.offset.group.filters`).
+    #[serde(default = "default_groups")]
+    pub offset_sync_groups: String,
+}
+
+fn default_offset_sync_ms() -> u64 {
+    5000
+}
+
+fn default_groups() -> String {
+    "*".into()
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            prefix: String::new(),
+            start: Start::Earliest,
+            offset_sync: false,
+            offset_sync_ms: default_offset_sync_ms(),
+            offset_sync_groups: default_groups(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -83,9 +114,26 @@ impl LinkOptions {
                     other => return Err(format!("{key}: '{other}' is not earliest or latest")),
                 }
             }
+            "consumer.offset.sync.enable" => {
+                self.offset_sync = match value {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(format!("{key}: '{other}' is not true or false")),
+                }
+            }
+            "consumer.offset.sync.ms" => {
+                self.offset_sync_ms = match value.parse::<u64>() {
+                    Ok(ms) if ms >= 1000 => ms,
+                    _ => return Err(format!("{key}: '{value}' is not a whole number of milliseconds, 1000 or more")),
+                }
+            }
+            "consumer.offset.group.filters" => {
+                groups::GroupFilter::parse(value).map_err(|e| format!("{key}: {e}"))?;
+                self.offset_sync_groups = value.to_string();
+            }
             other => {
                 return Err(format!(
-                    "unknown link option '{other}' (known: cluster.link.prefix, mirror.start.offset.spec)"
+                    "unknown link option '{other}' (known: cluster.link.prefix, mirror.start.offset.spec, consumer.offset.sync.enable, consumer.offset.sync.ms, consumer.offset.group.filters)"
                 ))
             }
         }
@@ -138,6 +186,10 @@ pub struct MirrorSpec {
     pub reason: Option<String>,
     /// Per partition: source offset minus destination offset.
     pub shifts: BTreeMap<i32, i64>,
+    /// The client-visible topic switched to this mirror when it was promoted or
+    /// failed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// What the proxy knows of a mirror topic.
@@ -230,6 +282,18 @@ struct Inner {
     mirrors: BTreeMap<String, Running>,
     /// Clusters whose store has been read.
     loaded: HashSet<usize>,
+    /// Each link's offset sync task, stopped by dropping its sender.
+    syncs: BTreeMap<String, watch::Sender<bool>>,
+}
+
+/// What a link's offset sync last did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    pub rounds: u64,
+    pub last: Option<groups::Round>,
+    /// Unix milliseconds of the last round that finished.
+    pub last_at_ms: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 /// Every link and mirror of this gateway.
@@ -239,6 +303,9 @@ pub struct Links {
     pub views: Arc<Views>,
     inner: tokio::sync::Mutex<Inner>,
     failed: mpsc::UnboundedSender<(String, String)>,
+    me: std::sync::Weak<Links>,
+    sync_status: Mutex<BTreeMap<String, SyncStatus>>,
+    routes: Arc<crate::routing::RouteControl>,
 }
 
 /// The mirror operations of the admin API.
@@ -264,14 +331,17 @@ impl Op {
 
 impl Links {
     /// Starts reading stored links from each cluster as it comes up.
-    pub fn start(backends: Backends, names: Vec<String>) -> Arc<Links> {
+    pub fn start(backends: Backends, names: Vec<String>, routes: Arc<crate::routing::RouteControl>) -> Arc<Links> {
         let (failed, mut failures) = mpsc::unbounded_channel();
-        let links = Arc::new(Links {
+        let links = Arc::new_cyclic(|me| Links {
             backends,
             names,
             views: Arc::new(Views::default()),
             inner: tokio::sync::Mutex::new(Inner::default()),
             failed,
+            me: me.clone(),
+            sync_status: Mutex::new(BTreeMap::new()),
+            routes,
         });
         let weak = Arc::downgrade(&links);
         tokio::spawn(async move {
@@ -338,6 +408,7 @@ impl Links {
                     inner.loaded.insert(ci);
                     for (name, spec) in links {
                         if self.names.contains(&spec.source) && spec.destination == cluster.name {
+                            self.start_sync(inner, &spec);
                             inner.links.insert(name, spec);
                         } else {
                             tracing::warn!(link = %name, "stored link names clusters this gateway does not have; ignored");
@@ -345,6 +416,11 @@ impl Links {
                     }
                     for (name, spec) in mirrors {
                         self.views.set(ci, &spec);
+                        if let (Some(topic), State::Stopped) = (&spec.route, spec.state) {
+                            if let Err(e) = self.routes.switch_topic(topic, &cluster.name, &spec.name) {
+                                tracing::warn!(mirror = %name, topic, error = ?e, "switched route not restored");
+                            }
+                        }
                         inner.mirrors.insert(
                             name.clone(),
                             Running { spec, stop: None, tasks: Vec::new(), statuses: Vec::new() },
@@ -398,6 +474,7 @@ impl Links {
             .map_err(unavailable)?;
         tracing::info!(link = %spec.name, source = %spec.source, destination = %spec.destination, "link created");
         let out = link_json(&spec, 0);
+        self.start_sync(&mut inner, &spec);
         inner.links.insert(spec.name.clone(), spec);
         Ok(out)
     }
@@ -420,6 +497,10 @@ impl Links {
         let (_, dest) = self.cluster(&spec.destination)?;
         store::save(&dest, &format!("link/{name}"), None).await.map_err(unavailable)?;
         inner.links.remove(name);
+        inner.syncs.remove(name);
+        if let Ok(mut s) = self.sync_status.lock() {
+            s.remove(name);
+        }
         tracing::info!(link = %name, "link deleted");
         Ok(serde_json::json!({"deleted": name}))
     }
@@ -440,7 +521,66 @@ impl Links {
         let mirrors: Vec<_> = inner.mirrors.values().filter(|m| m.spec.link == name).map(mirror_summary).collect();
         let mut out = link_json(l, mirrors.len());
         out["mirrors"] = serde_json::Value::Array(mirrors);
+        if l.options.offset_sync {
+            let status = self.sync_status.lock().ok().and_then(|s| s.get(name).cloned()).unwrap_or_default();
+            out["offset_sync"] = serde_json::to_value(status).unwrap_or_default();
+        }
         Ok(out)
+    }
+
+    /// Starts the offset sync of `link` if it asks for one.
+    fn start_sync(&self, inner: &mut Inner, link: &LinkSpec) {
+        if !link.options.offset_sync {
+            return;
+        }
+        let (Ok((_, source)), Ok((_, dest))) = (self.cluster(&link.source), self.cluster(&link.destination)) else {
+            return;
+        };
+        let Ok(filter) = groups::GroupFilter::parse(&link.options.offset_sync_groups) else { return };
+        let (stop, mut stopped) = watch::channel(false);
+        inner.syncs.insert(link.name.clone(), stop);
+        let me = self.me.clone();
+        let name = link.name.clone();
+        let every = Duration::from_millis(link.options.offset_sync_ms.max(1000));
+        tokio::spawn(async move {
+            let mut written = groups::Written::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return,
+                }
+                let Some(links) = me.upgrade() else { return };
+                // Mirrors still copying: promoted ones belong to their consumers now.
+                let pairs: std::collections::HashMap<String, (String, Vec<i32>)> = {
+                    let inner = links.inner.lock().await;
+                    inner
+                        .mirrors
+                        .values()
+                        .filter(|m| m.spec.link == name && matches!(m.spec.state, State::Active | State::Paused))
+                        .map(|m| (m.spec.source_topic.clone(), (m.spec.name.clone(), m.spec.shifts.keys().copied().collect())))
+                        .collect()
+                };
+                let outcome = groups::sync(&source, &dest, &pairs, &filter, &mut written).await;
+                if let Ok(mut all) = links.sync_status.lock() {
+                    let s = all.entry(name.clone()).or_default();
+                    s.rounds += 1;
+                    match outcome {
+                        Ok(round) => {
+                            if round.offsets > 0 {
+                                tracing::debug!(link = %name, groups = round.groups, offsets = round.offsets, "consumer offsets synced");
+                            }
+                            s.last = Some(round);
+                            s.last_at_ms = Some(mirror::now_ms());
+                            s.last_error = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(link = %name, error = %format!("{e:#}"), "consumer offset sync failed");
+                            s.last_error = Some(format!("{e:#}"));
+                        }
+                    }
+                };
+            }
+        });
     }
 
     /// Creates the mirror of source `topic` over `link` and starts it.
@@ -528,6 +668,7 @@ impl Links {
             state: State::Active,
             reason: None,
             shifts,
+            route: None,
         };
         self.save(&dest, &mirror).await?;
         self.views.set(di, &mirror);
@@ -608,8 +749,10 @@ impl Links {
         }
     }
 
-    /// Pause, resume, promote or fail over mirror `name`.
-    pub async fn operate(&self, name: &str, op: Op) -> Result<serde_json::Value, LinkError> {
+    /// Pause, resume, promote or fail over mirror `name`; a promote or failover
+    /// with `switch_route` also routes the source topic's client name to the
+    /// mirror, so clients go on through Causeway with no change.
+    pub async fn operate(&self, name: &str, op: Op, switch_route: bool) -> Result<serde_json::Value, LinkError> {
         let mut inner = self.inner.lock().await;
         let running = inner.mirrors.get(name).ok_or_else(|| LinkError::NotFound(format!("no mirror named '{name}'")))?;
         let link = inner
@@ -635,9 +778,28 @@ impl Links {
             (Op::Promote, State::Failed) => return refuse("fail it over instead (promote needs a healthy mirror with no lag)"),
             (Op::Pause, State::Failed) => return refuse("there is nothing to pause"),
         };
+        if switch_route && !matches!(op, Op::Promote | Op::Failover) {
+            return Err(LinkError::Invalid("switch_route goes with promote or failover".into()));
+        }
         let Some(running) = inner.mirrors.get_mut(name) else {
             return Err(LinkError::NotFound(name.to_string()));
         };
+        // The source topic's name as clients know it: that is what switches.
+        let client_topic = switch_route.then(|| {
+            let (si, _) = self.cluster(&link.source).unwrap_or((0, source.clone()));
+            self.routes
+                .router()
+                .client_name(si, &running.spec.source_topic)
+                .map_or_else(|| running.spec.source_topic.clone(), |c| c.into_owned())
+        });
+        if let Some(topic) = &client_topic {
+            if let Err(crate::routing::RouteChangeError::Invalid(problems)) =
+                self.routes.check_switch(topic, &link.destination, &running.spec.name)
+            {
+                let list: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+                return Err(LinkError::Conflict(format!("cannot switch '{topic}' to the mirror: {}", list.join("; "))));
+            }
+        }
         Self::halt(running).await;
         if op == Op::Promote {
             // Only with nothing left to copy: every partition's committed end on the
@@ -685,6 +847,9 @@ impl Links {
             Op::Failover => Some("failed over".into()),
             _ => None,
         };
+        if client_topic.is_some() {
+            spec.route = client_topic.clone();
+        }
         if let Err(e) = self.save(&dest, &spec).await {
             if state == State::Active {
                 self.run(&mut inner, name)?;
@@ -693,6 +858,12 @@ impl Links {
         }
         running.spec = spec.clone();
         self.views.set(di, &spec);
+        if let Some(topic) = &client_topic {
+            if let Err(e) = self.routes.switch_topic(topic, &link.destination, &spec.name) {
+                tracing::error!(mirror = %name, topic, error = ?e, "route not switched");
+                return Err(LinkError::Conflict(format!("mirror '{name}' is {}, but '{topic}' could not be switched to it", next.name())));
+            }
+        }
         telemetry::mirror_state(name, next.name(), &STATES);
         if next == State::Active {
             self.run(&mut inner, name)?;
@@ -736,6 +907,9 @@ fn link_json(l: &LinkSpec, mirrors: usize) -> serde_json::Value {
         "config": {
             "cluster.link.prefix": l.options.prefix,
             "mirror.start.offset.spec": match l.options.start { Start::Earliest => "earliest", Start::Latest => "latest" },
+            "consumer.offset.sync.enable": l.options.offset_sync.to_string(),
+            "consumer.offset.sync.ms": l.options.offset_sync_ms.to_string(),
+            "consumer.offset.group.filters": l.options.offset_sync_groups,
         },
         "mirror_count": mirrors,
     })
@@ -766,5 +940,6 @@ fn mirror_summary(m: &Running) -> serde_json::Value {
         "lag_ms": lag_ms,
         "records": statuses.iter().map(|s| s.records).sum::<u64>(),
         "last_error": last_error,
+        "route": m.spec.route,
     })
 }
