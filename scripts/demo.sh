@@ -5,7 +5,8 @@
 # creates topics, produces and consumes through the one endpoint (a pii-mask plugin
 # masks card numbers on payments.*), and shows on each backend where the records
 # landed; then two tenants (a tenant-router plugin) share the cloud cluster, each
-# under its own topic prefix. Runs until Ctrl-C.
+# under its own topic prefix; then a cluster link mirrors orders.eu from onprem to
+# cloud at the same offsets, shows its lag, and fails over. Runs until Ctrl-C.
 #
 #   scripts/demo.sh          # interactive: keeps running
 #   scripts/demo.sh --once   # runs the walkthrough and exits (used by the tests)
@@ -165,8 +166,48 @@ cloud = sorted(AdminClient({"bootstrap.servers": "127.0.0.1:29092"}).list_topics
 print(f"-- cloud (127.0.0.1:29092) now holds: {', '.join(cloud)}")
 PY
 
+say "linking onprem to cloud: mirror orders.eu as dr.orders.eu, same partitions and offsets"
+"$causeway" link create dr --source onprem --destination cloud \
+  --config cluster.link.prefix=dr. --config consumer.offset.sync.enable=true --config consumer.offset.sync.ms=1000
+"$causeway" mirror create orders.eu --link dr
+printf 'o3:order three\no4:order four\no5:order five\n' | kcat -b 127.0.0.1:9092 -P -t orders.eu -K: -z lz4
+for _ in $(seq 50); do
+  # All five orders copied, every partition at its source's end.
+  "$causeway" mirror describe dr.orders.eu --json | grep -q '"records":5,.*"state":"ACTIVE"' && break
+  sleep 0.2
+done
+"$causeway" mirror describe dr.orders.eu
+
+say "the mirror read through the gateway: every record at its source partition and offset"
+"$py" - <<'PY'
+from confluent_kafka import Consumer, TopicPartition
+def read(topic):
+    c = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": "demo-mirror-reader", "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(3)])
+    out, eof = [], 0
+    while eof < 3:
+        m = c.poll(5)
+        if m is None:
+            break
+        if m.error():
+            eof += 1
+            continue
+        out.append((m.partition(), m.offset(), m.key().decode(), m.value().decode()))
+    c.close()
+    return sorted(out)
+source, mirror = read("orders.eu"), read("dr.orders.eu")
+for s, m in zip(source, mirror):
+    print(f"orders.eu partition {s[0]} offset {s[1]}  {s[2]}: {s[3]:12}   dr.orders.eu partition {m[0]} offset {m[1]}  {m[2]}: {m[3]}")
+print("identical" if source == mirror else "DIFFERENT")
+PY
+
+say "failing over: dr.orders.eu becomes writable, and orders.eu now routes to it"
+"$causeway" mirror failover dr.orders.eu --switch-route
+printf 'o6:order six, written after the failover\n' | kcat -b 127.0.0.1:9092 -P -t orders.eu -K: -p 0
+kcat -b 127.0.0.1:9092 -C -t orders.eu -p 0 -o beginning -e -f 'orders.eu partition %p offset %o  %k: %s\n' 2>/dev/null
+
 say "gateway metrics (excerpt of http://127.0.0.1:9644/metrics)"
-curl -s http://127.0.0.1:9644/metrics | grep -E '^causeway_(requests_total|backend_cluster_up)' | sort | head -14
+curl -s http://127.0.0.1:9644/metrics | grep -E '^causeway_(requests_total|backend_cluster_up|mirror_lag_records)' | sort | head -18
 
 if $once; then
   say "demo done"
@@ -181,6 +222,8 @@ cat <<TXT
   kcat -b 127.0.0.1:9092 -C -t greetings -o beginning   # lives on cloud (29092)
   curl http://127.0.0.1:9644/routes
   curl http://127.0.0.1:9644/metrics
+  $causeway link list --admin 127.0.0.1:9644
+  $causeway mirror list --admin 127.0.0.1:9644
 
 Logs: $logs   (Ctrl-C stops the demo)
 TXT

@@ -60,4 +60,12 @@ def test_demo_runs_end_to_end():
     assert "tenant acme   lists ['notes']; reads notes offset 0  acme => a note only acme sees" in out
     assert "tenant globex lists ['notes']; reads notes offset 0  globex => a note only globex sees" in out
     assert "-- cloud (127.0.0.1:29092) now holds: acme.notes, globex.notes, greetings" in out
+    # The link: the mirror holds the same records at the same offsets, then takes over.
+    assert "mirror dr.orders.eu of orders.eu over link dr: ACTIVE" in out
+    assert "identical" in out and "DIFFERENT" not in out
+    assert "dr.orders.eu of orders.eu over link dr: STOPPED (failed over)" in out
+    after = out.split("failing over")[1]
+    # Partition 0 read through the switched route: the mirror's records, then o6 after them.
+    before = [line for line in out.split("failing over")[0].splitlines() if line.startswith("orders.eu partition 0 ")]
+    assert f"orders.eu partition 0 offset {len(before)}  o6: order six, written after the failover" in after
     assert "demo done" in out
