@@ -27,6 +27,8 @@ printf '## 16 KiB records\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/load.py --size 16384 --count 12000 --out "$out" "$@"
 printf '## Two clusters\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/multi.py --out "$out" "$@"
+printf '## Cluster linking\n\n' >>"$out"
+"$root/.tools/venv/bin/python" benches/mirror.py --out "$out"
 # Per-record cost of record filters: each example component in the gateway's
 # plugin host against the same plugin source compiled natively.
 cargo build --release --locked --manifest-path benches/plugin-cost/Cargo.toml

@@ -27,8 +27,17 @@ use crate::telemetry;
 
 /// Produce requests in flight per partition: what an idempotent producer allows.
 pub const IN_FLIGHT: usize = 5;
-/// How long a caught-up fetch waits at the source for new records.
-const MAX_WAIT_MS: i32 = 250;
+/// How long a fetch waits at the source for new records: short while records
+/// flow, doubling with each empty answer up to the longest. Kafka answers a long
+/// poll as soon as records arrive; some brokers (tansu) only when its time is up,
+/// so a short wait while records flow keeps the mirror's lag low on those too.
+const MIN_WAIT_MS: i32 = 10;
+const MAX_WAIT_MS: i32 = 500;
+/// After an answer smaller than this, the next fetch asks the broker to gather
+/// this much (for at most [`MIN_WAIT_MS`]), and is not sent sooner than that
+/// after the last: a source written a record at a time is then read in rounds of
+/// at most a hundred a second, not in a loop as fast as the broker answers.
+const GATHER_BYTES: i32 = 16 << 10;
 /// Bytes one fetch brings at most.
 const FETCH_BYTES: i32 = 8 << 20;
 /// Bytes a fetch may grow to when one transaction does not fit.
@@ -293,6 +302,9 @@ async fn mirror(job: &Job) -> End {
         waiting: VecDeque::new(),
     };
     let mut fetch_bytes = FETCH_BYTES;
+    let mut wait_ms = MIN_WAIT_MS;
+    let mut trickle = false;
+    let mut last_fetch = std::time::Instant::now();
     tracing::info!(mirror = %job.mirror, partition = p, from = next, shift = job.shift, "mirroring");
     loop {
         if job.stopped() {
@@ -301,8 +313,17 @@ async fn mirror(job: &Job) -> End {
                 Err(e) => e,
             };
         }
+        if trickle {
+            let since = last_fetch.elapsed();
+            let pace = Duration::from_millis(MIN_WAIT_MS as u64);
+            if since < pace {
+                tokio::time::sleep(pace - since).await;
+            }
+        }
+        last_fetch = std::time::Instant::now();
         // The next fetch goes out before this round's produces are awaited.
-        let frame = match wire::fetch_frame(fetch_version, &job.source_topic, p, next, MAX_WAIT_MS, fetch_bytes) {
+        let min_bytes = if trickle { GATHER_BYTES } else { 1 };
+        let frame = match wire::fetch_frame_min(fetch_version, &job.source_topic, p, next, wait_ms, min_bytes, fetch_bytes) {
             Ok(f) => f,
             Err(e) => return source_error(e),
         };
@@ -321,7 +342,7 @@ async fn mirror(job: &Job) -> End {
         if let Err(e) = writer.settle_all().await {
             return e;
         }
-        let wait = ANSWER_TIMEOUT + Duration::from_millis(MAX_WAIT_MS as u64);
+        let wait = ANSWER_TIMEOUT + Duration::from_millis(wait_ms as u64);
         let resp = match tokio::time::timeout(wait, reply).await {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(e))) => return source_error(e.into()),
@@ -332,6 +353,7 @@ async fn mirror(job: &Job) -> End {
             Ok(f) => f,
             Err(e) => return source_error(e),
         };
+        tracing::trace!(mirror = %job.mirror, partition = p, next, bytes = fetched.records.len(), waited = ?last_fetch.elapsed(), wait_ms, "fetched");
         match fetched.error_code {
             0 => {}
             code::OFFSET_OUT_OF_RANGE => match out_of_range(job, next).await {
@@ -367,6 +389,12 @@ async fn mirror(job: &Job) -> End {
         }
         let (pieces, after) = match records::cut(&records, next, &aborted) {
             Ok(x) => x,
+            Err(e) => return End::Fatal(e.to_string()),
+        };
+        wait_ms = if pieces.is_empty() { (wait_ms * 2).min(MAX_WAIT_MS) } else { MIN_WAIT_MS };
+        trickle = !pieces.is_empty() && fetched.records.len() < GATHER_BYTES as usize;
+        let pieces = match records::coalesce(pieces) {
+            Ok(p) => p,
             Err(e) => return End::Fatal(e.to_string()),
         };
         for piece in pieces {

@@ -606,7 +606,10 @@ impl Links {
         // stopped half way); anything else is someone's data.
         let created = wire::create_topic(&dest, &name, partitions, &[]).await.map_err(unavailable)?;
         let mut dest_end = std::collections::HashMap::new();
-        for attempt in 0..50 {
+        for attempt in 0..200 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
             match wire::partitions(&dest, &name).await {
                 Ok(Some(n)) if n == partitions && all.iter().all(|&p| dest.leader(&name, p).is_some_and(|l| l >= 0)) => {
                     let mut ends = std::collections::HashMap::new();
@@ -622,7 +625,7 @@ impl Links {
                             dest_end = ends;
                             break;
                         }
-                        Some(e) if attempt == 49 => return Err(unavailable(e)),
+                        Some(e) if attempt == 199 => return Err(unavailable(e)),
                         Some(_) => {}
                     }
                 }
@@ -632,10 +635,9 @@ impl Links {
                         spec.destination
                     )))
                 }
-                Err(e) if attempt == 49 => return Err(unavailable(e)),
+                Err(e) if attempt == 199 => return Err(unavailable(e)),
                 _ => {}
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !created && dest_end.values().any(|&e| e > 0) {
             return Err(LinkError::Conflict(format!(

@@ -138,6 +138,88 @@ pub fn settled(records: &Bytes) -> (Bytes, Vec<(i64, i64)>) {
     (kept, aborted)
 }
 
+/// Batches smaller than this are joined with their neighbours before they are
+/// written: a destination takes one batch per produce request, so a source
+/// written one record at a time would otherwise cost a produce per record.
+pub const SMALL_BATCH: usize = 16 << 10;
+/// The most a joined batch holds.
+const JOINED_BYTES: usize = 1 << 20;
+
+/// Joins runs of small consecutive batches of one codec into one batch each
+/// (decoded and encoded again); larger batches, filler and batches stamped with
+/// the log's append time stay as they are.
+pub fn coalesce(pieces: Vec<Piece>) -> Result<Vec<Piece>, Unmirrorable> {
+    let small = |p: &Piece| match p {
+        Piece::Batch { bytes, .. } => {
+            let attributes = bytes
+                .get(b::ATTRIBUTES_AT..b::ATTRIBUTES_AT + 2)
+                .map_or(0, |a| i16::from_be_bytes([a[0], a[1]]));
+            // Bit 3: LogAppendTime, whose one timestamp is the batch's.
+            (bytes.len() < SMALL_BATCH && attributes & 0x08 == 0).then_some(attributes & 0x07)
+        }
+        Piece::Fill { .. } => None,
+    };
+    let mut out = Vec::with_capacity(pieces.len());
+    let mut run: Vec<Piece> = Vec::new();
+    let mut run_codec = None;
+    let mut run_bytes = 0usize;
+    let finish = |run: &mut Vec<Piece>, out: &mut Vec<Piece>| -> Result<(), Unmirrorable> {
+        if run.len() < 2 {
+            out.append(run);
+            return Ok(());
+        }
+        let mut all = BytesMut::new();
+        let mut count = 0;
+        for p in run.drain(..) {
+            if let Piece::Batch { bytes, count: c } = p {
+                all.extend_from_slice(&bytes);
+                count += c;
+            }
+        }
+        let mut buf = all.freeze();
+        let unreadable = |reason: String| Unmirrorable::Unreadable { offset: -1, reason };
+        let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| unreadable(e.to_string()))?;
+        let compression = sets.first().map_or(Compression::None, |s| s.compression);
+        let mut records: Vec<Record> = sets.into_iter().flat_map(|s| s.records).collect();
+        if records.len() as i64 != count {
+            return Err(unreadable(format!("{} records where batches declared {count}", records.len())));
+        }
+        let bytes = encode(&mut records, compression).map_err(|e| unreadable(e.to_string()))?;
+        out.push(Piece::Batch { bytes, count });
+        Ok(())
+    };
+    for p in pieces {
+        match small(&p) {
+            Some(codec) if run_codec.is_none_or(|c| c == codec) && run_bytes + p_len(&p) <= JOINED_BYTES => {
+                run_codec = Some(codec);
+                run_bytes += p_len(&p);
+                run.push(p);
+            }
+            Some(codec) => {
+                finish(&mut run, &mut out)?;
+                run_codec = Some(codec);
+                run_bytes = p_len(&p);
+                run.push(p);
+            }
+            None => {
+                finish(&mut run, &mut out)?;
+                run_codec = None;
+                run_bytes = 0;
+                out.push(p);
+            }
+        }
+    }
+    finish(&mut run, &mut out)?;
+    Ok(out)
+}
+
+fn p_len(p: &Piece) -> usize {
+    match p {
+        Piece::Batch { bytes, .. } => bytes.len(),
+        Piece::Fill { .. } => 0,
+    }
+}
+
 /// Adds `count` filler offsets, joined to filler just before.
 fn fill(out: &mut Vec<Piece>, count: i64, timestamp: i64) {
     if count <= 0 {
@@ -599,6 +681,32 @@ mod tests {
     }
 
     #[test]
+    fn small_batches_are_joined_and_keep_their_records() {
+        let mut log = Vec::new();
+        let mut want = Vec::new();
+        for o in 0..6 {
+            let r = record(o, &format!("k{o}"), "v");
+            want.push((o, r.key.clone()));
+            log.extend(source_batch(&[r], Compression::None, 9, false));
+        }
+        log.extend(control(6, 9, 1));
+        for o in 7..9 {
+            let r = record(o, &format!("k{o}"), "v");
+            want.push((o, r.key.clone()));
+            log.extend(source_batch(&[r], Compression::Zstd, -1, false));
+        }
+        let (pieces, next) = cut(&Bytes::from(log), 0, &[]).expect("cut");
+        assert_eq!(pieces.len(), 6 + 1 + 2);
+        let joined = coalesce(pieces).expect("coalesce");
+        let counts: Vec<i64> = joined.iter().map(Piece::count).collect();
+        assert_eq!(counts, vec![6, 1, 2], "two runs, the marker's filler between");
+        let mut dest = Destination::new(0);
+        dest.write(&joined);
+        assert_eq!(dest.end, next);
+        assert_eq!(dest.read(0), want);
+    }
+
+    #[test]
     fn nothing_to_change_is_left_alone() {
         let log = Bytes::from(source_batch(&[record(0, "a", "1")], Compression::None, -1, false));
         assert!(present(&log, 0).is_none());
@@ -655,7 +763,7 @@ mod tests {
             for chunk in log.chunks(step) {
                 let bytes = Bytes::from(chunk.concat());
                 let (pieces, after) = cut(&bytes, next, &aborted).expect("cut");
-                dest.write(&pieces);
+                dest.write(&coalesce(pieces).expect("coalesce"));
                 next = after;
             }
             proptest::prop_assert_eq!(dest.end + start, next);
