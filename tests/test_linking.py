@@ -448,3 +448,49 @@ def test_a_restarted_gateway_resumes_with_nothing_lost_or_repeated():
         gw.process.close()
         east.close()
         west.close()
+
+
+def test_a_switched_topic_keeps_its_deny_rules_under_the_mirrors_own_name():
+    """After a failover that switches `secret` to its mirror, the mirror's own
+    name reaches the same records: a rule denying `secret` must hold there too."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    east, west = Tansu("east"), Tansu("west")
+    acls = (
+        "\n[authorization]\nallow_if_no_acls = true\n\n"
+        "[[acls]]\nprincipal = \"User:*\"\nresource = \"topic\"\noperations = [\"all\"]\n\n"
+        "[[acls]]\nprincipal = \"User:*\"\nresource = \"topic\"\nname = \"secret\"\n"
+        "operations = [\"read\"]\npermission = \"deny\"\n"
+    )
+    gw = Gateway(config=clusters_config({"east": east.addr, "west": west.addr}, ROUTES) + acls.replace("{", "{{").replace("}", "}}"))
+    try:
+        gw.wait_ready()
+        east.create_topic("secret", 1)
+        produce_confluent(gw.addr, "secret", records(5, "s"), partition=0)
+        assert admin_call(gw, "POST", "/links", {"name": "dr", "source": "east", "destination": "west",
+                                                 "config": {"cluster.link.prefix": "dr."}})[0] == 201
+        mirrored = mirror(gw, "secret")
+        caught_up(gw, mirrored, {0: 5})
+        status, body, text = admin_call(gw, "POST", f"/mirrors/{mirrored}/failover", {"switch_route": True})
+        assert status == 200, text
+
+        def read_error(topic):
+            c = Consumer({"bootstrap.servers": gw.addr, "group.id": f"g-{topic}", "enable.auto.commit": False})
+            c.assign([TopicPartition(topic, 0, 0)])
+            try:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    m = c.poll(0.5)
+                    if m is None:
+                        continue
+                    return m.error().code() if m.error() else "read a record"
+                return "nothing"
+            finally:
+                c.close()
+
+        assert read_error("secret") == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        assert read_error(mirrored) == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    finally:
+        gw.process.close()
+        east.close()
+        west.close()

@@ -189,8 +189,10 @@ pub struct Who {
 }
 
 impl Who {
+    /// `host` as its canonical form: an IPv4 client on a dual-stack listener
+    /// (`::ffff:10.0.0.5`) is 10.0.0.5 to host rules.
     pub fn new(principal: &str, host: IpAddr) -> Self {
-        Self { principal: Arc::from(principal), roles: Arc::from(Vec::new()), host }
+        Self { principal: Arc::from(principal), roles: Arc::from(Vec::new()), host: host.to_canonical() }
     }
 }
 
@@ -228,7 +230,7 @@ impl Rule {
             Principal::AnyUser => who.principal.starts_with("User:"),
             Principal::Exactly(p) => *p == *who.principal || who.roles.iter().any(|r| **r == *p),
         };
-        principal && self.host.is_none_or(|h| h == who.host)
+        principal && self.host.is_none_or(|h| h == who.host.to_canonical())
     }
 }
 
@@ -360,7 +362,7 @@ impl Authorizer {
                     } else {
                         Principal::Exactly(acl.principal.clone())
                     },
-                    host: acl.host.parse().ok(),
+                    host: acl.host.parse::<IpAddr>().ok().map(|h| h.to_canonical()),
                     resource,
                     name: (acl.name != "*" && resource != Resource::Cluster).then(|| acl.name.clone()),
                     prefixed: acl.pattern == "prefixed",
@@ -432,17 +434,25 @@ impl Authorizer {
         }
     }
 
-    /// Whether any rule lets `who` do `op` to some resource of this type
-    /// (Kafka lets a producer that may write to any topic be idempotent).
-    /// An ACL mapper cannot be asked that; with one, the answer is yes, and
-    /// each produce is still checked topic by topic.
+    /// Whether any config rule lets `who` do `op` to some resource of this type
+    /// (Kafka lets a producer that may write to any topic be idempotent). An
+    /// ACL-mapper plugin cannot be asked that; it is asked about the cluster's
+    /// idempotent_write instead.
     pub fn allows_any(&self, who: &Who, resource: Resource, op: Operation) -> bool {
-        self.mapper.is_some()
-            || self.super_users.contains(&*who.principal)
+        self.super_users.contains(&*who.principal)
             || self
                 .rules
                 .iter()
                 .any(|r| r.allow && r.resource == resource && r.operations & op.bit() != 0 && r.applies_to(who))
+    }
+
+    /// Whether a deny rule forbids `who` to do `op` to the resource `name`.
+    pub fn denies(&self, who: &Who, resource: Resource, name: &str, op: Operation) -> bool {
+        !self.super_users.contains(&*who.principal)
+            && self
+                .rules
+                .iter()
+                .any(|r| !r.allow && r.resource == resource && r.names(name) && r.operations & op.bit() != 0 && r.applies_to(who))
     }
 
     /// [`Authorizer::allows`], written to the audit log and counted.
@@ -557,6 +567,9 @@ mod tests {
         assert!(a.allows(&bob, Resource::Topic, "t", Operation::Read));
         assert!(a.allows_any(&bob, Resource::Topic, Operation::Read));
         assert!(!a.allows_any(&bob, Resource::Topic, Operation::Write));
+        // The same client on a dual-stack listener, as an IPv4-mapped address.
+        let mapped = Who::new("User:bob", "::ffff:10.0.0.2".parse().expect("an address"));
+        assert!(a.allows(&mapped, Resource::Topic, "t", Operation::Read));
     }
 
     #[test]

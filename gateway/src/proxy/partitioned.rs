@@ -192,6 +192,11 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     fn set_producer(&mut self, _id: (i64, i16)) -> bool {
         true
     }
+    /// Removes from an answer what the client may not see (with authorization
+    /// on); whether anything changed.
+    fn authorize_answer(_resp: &mut Self::Resp, _routes: &ClientRoutes) -> bool {
+        false
+    }
     /// Whether the request writes records or deletes them: refused on a mirror
     /// topic until it is promoted or failed over.
     const WRITES: bool = false;
@@ -613,6 +618,9 @@ pub async fn route<T: Split>(
                         T::rename_back(&mut part, &names);
                     }
                     rewritten |= body.rewrite(&mut part, &gw);
+                    if routes.authorizes() {
+                        rewritten |= T::authorize_answer(&mut part, &routes);
+                    }
                     if !gw.filters.is_empty() {
                         rewritten |= T::filter_answer(&mut part, &gw, &routes);
                     }
@@ -702,8 +710,9 @@ impl Split for ProduceRequest {
     const RESP_WHAT: &'static str = "Produce response";
     const OPERATION: Option<Operation> = Some(Operation::Write);
 
+    /// An empty id is still an id to a broker, and authorized like any other.
     fn transactional_id(&self) -> Option<&str> {
-        self.transactional_id.as_ref().map(|t| t.0.as_str()).filter(|t| !t.is_empty())
+        self.transactional_id.as_ref().map(|t| t.0.as_str())
     }
 
     fn keys(&self) -> Vec<(TopicKey, Vec<i32>)> {
@@ -929,9 +938,20 @@ impl Split for FetchRequest {
     /// Fetch sessions cannot span the backend brokers a split fetch goes to, so
     /// Causeway declines them (KIP-227): every backend fetch is sessionless and the
     /// client is told session 0, which makes it send full fetches.
+    ///
+    /// A client is never a follower: a replica id (or replica state) would have
+    /// the backend, trusting Causeway's login, serve records past the high
+    /// watermark and count the client in the ISR. It is reset to a consumer's.
     fn prepare(&mut self, version: i16) -> bool {
+        let mut changed = false;
+        if self.replica_id.0 != -1 || self.replica_state.replica_id.0 != -1 || self.replica_state.replica_epoch != -1 {
+            self.replica_id = BrokerId(-1);
+            self.replica_state.replica_id = BrokerId(-1);
+            self.replica_state.replica_epoch = -1;
+            changed = true;
+        }
         if version < 7 {
-            return false;
+            return changed;
         }
         self.session_id = 0;
         self.session_epoch = -1;
@@ -1162,7 +1182,8 @@ macro_rules! simple_split {
         operation: $op:expr,
         failed: $fix:expr,
         request partition: $qp:ty, writes: $writes:expr,
-        mirror request: $mreq:expr, mirror answer: $mans:expr
+        mirror request: $mreq:expr, mirror answer: $mans:expr,
+        prepare: $prep:expr
     ) => {
         impl Split for $req {
             type Resp = $resp;
@@ -1170,6 +1191,11 @@ macro_rules! simple_split {
             const RESP_WHAT: &'static str = $resp_what;
             const OPERATION: Option<Operation> = Some($op);
             const WRITES: bool = $writes;
+
+            fn prepare(&mut self, _version: i16) -> bool {
+                let f: fn(&mut $req) -> bool = $prep;
+                f(self)
+            }
 
             fn mirror_request(&mut self, shift: &dyn Fn(&TopicKey, i32) -> Option<i64>) -> bool {
                 let f: fn(&mut $qp, i64) = $mreq;
@@ -1274,7 +1300,9 @@ simple_split!(
     failed: |_| {},
     request partition: kafka_protocol::messages::list_offsets_request::ListOffsetsPartition, writes: false,
     mirror request: |_, _| {},
-    mirror answer: |p, s| p.offset = moved(p.offset, s)
+    mirror answer: |p, s| p.offset = moved(p.offset, s),
+    // A client is never a follower (see the Fetch's).
+    prepare: |r| std::mem::replace(&mut r.replica_id, BrokerId(-1)).0 != -1
 );
 
 simple_split!(
@@ -1288,7 +1316,8 @@ simple_split!(
     failed: |_| {},
     request partition: kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderPartition, writes: false,
     mirror request: |_, _| {},
-    mirror answer: |p, s| p.end_offset = moved(p.end_offset, s)
+    mirror answer: |p, s| p.end_offset = moved(p.end_offset, s),
+    prepare: |r| std::mem::replace(&mut r.replica_id, BrokerId(-1)).0 != -1
 );
 
 simple_split!(
@@ -1301,12 +1330,33 @@ simple_split!(
     failed: |p| p.low_watermark = -1,
     request partition: kafka_protocol::messages::delete_records_request::DeleteRecordsPartition, writes: true,
     mirror request: |p, s| p.offset = moved(p.offset, -s),
-    mirror answer: |p, s| p.low_watermark = moved(p.low_watermark, s)
+    mirror answer: |p, s| p.low_watermark = moved(p.low_watermark, s),
+    prepare: |_| false
 );
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_never_fetches_or_lists_offsets_as_a_follower() {
+        let mut fetch = FetchRequest::default().with_replica_id(BrokerId(2));
+        assert!(fetch.prepare(4), "a v4 fetch from a replica is re-encoded");
+        assert_eq!(fetch.replica_id.0, -1);
+        let mut fetch = FetchRequest::default();
+        fetch.replica_state.replica_id = BrokerId(2);
+        fetch.replica_state.replica_epoch = 7;
+        fetch.prepare(15);
+        assert_eq!((fetch.replica_state.replica_id.0, fetch.replica_state.replica_epoch), (-1, -1));
+        assert!(!FetchRequest::default().with_replica_id(BrokerId(-1)).prepare(6), "a consumer's fetch is left alone");
+        let mut list = ListOffsetsRequest::default().with_replica_id(BrokerId(1));
+        assert!(list.prepare(7));
+        assert_eq!(list.replica_id.0, -1);
+        let mut epochs = OffsetForLeaderEpochRequest::default().with_replica_id(BrokerId(1));
+        assert!(epochs.prepare(4));
+        assert_eq!(epochs.replica_id.0, -1);
+        assert!(!ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).prepare(7));
+    }
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::TopicName;
 

@@ -66,8 +66,27 @@ impl ClientRoutes {
 
     /// Whether this client may do `op` to the resource named `name` (as the
     /// client names it); the decision is audited under `api`.
+    ///
+    /// A topic reachable under two client names (a mirror's own name after its
+    /// source topic was switched to it) needs the operation under both, so a
+    /// deny on one name is not dodged through the other.
     pub fn may(&self, op: Operation, resource: Resource, name: &str, api: &str) -> bool {
-        self.authz.as_ref().is_none_or(|a| a.decide(&self.who, resource, name, op, api))
+        let Some(a) = &self.authz else { return true };
+        if !a.decide(&self.who, resource, name, op, api) {
+            return false;
+        }
+        match (resource, self.alias(name)) {
+            (Resource::Topic, Some(other)) => a.decide(&self.who, resource, &other, op, api),
+            _ => true,
+        }
+    }
+
+    /// The name the routes list the backend topic behind `name` under, when it is
+    /// not `name` itself.
+    fn alias(&self, name: &str) -> Option<String> {
+        let t = self.topic(name)?;
+        let listed = self.router.client_name(t.cluster, &t.backend)?;
+        (listed != name).then(|| listed.into_owned())
     }
 
     /// Whether this client may do `op` to the cluster.
@@ -78,7 +97,12 @@ impl ClientRoutes {
     /// [`may`](Self::may) without an audit line: for listings, where what the
     /// client may not describe is simply left out, as Kafka does.
     pub fn may_quietly(&self, op: Operation, resource: Resource, name: &str) -> bool {
-        self.authz.as_ref().is_none_or(|a| a.allows(&self.who, resource, name, op))
+        let Some(a) = &self.authz else { return true };
+        a.allows(&self.who, resource, name, op)
+            && match (resource, self.alias(name)) {
+                (Resource::Topic, Some(other)) => a.allows(&self.who, resource, &other, op),
+                _ => true,
+            }
     }
 
     /// Kafka's bit field of the operations this client may do to a resource
@@ -121,8 +145,11 @@ impl ClientRoutes {
     /// on the cluster, or write on any topic (as Kafka allows since 3.0).
     pub fn may_be_idempotent(&self, api: &str) -> bool {
         let Some(a) = &self.authz else { return true };
+        // A deny of idempotent_write on the cluster wins over any topic's write;
+        // an acl-mapper plugin is asked about the cluster like any rule.
         let allowed = a.allows(&self.who, Resource::Cluster, "kafka-cluster", Operation::IdempotentWrite)
-            || a.allows_any(&self.who, Resource::Topic, Operation::Write);
+            || (!a.denies(&self.who, Resource::Cluster, "kafka-cluster", Operation::IdempotentWrite)
+                && a.allows_any(&self.who, Resource::Topic, Operation::Write));
         a.record(&self.who, Resource::Cluster, "kafka-cluster", Operation::IdempotentWrite, api, allowed);
         allowed
     }

@@ -109,6 +109,19 @@ impl Split for CreateTopicsRequest {
                 .collect(),
         )
     }
+    /// KIP-525: the configs of a created topic are shown only to a client that
+    /// may describe them; the backend judged Causeway's login, not the client's.
+    fn authorize_answer(resp: &mut Self::Resp, routes: &super::routes::ClientRoutes) -> bool {
+        let mut changed = false;
+        for t in &mut resp.topics {
+            if !routes.may_quietly(Operation::DescribeConfigs, crate::authz::Resource::Topic, &t.name.0) {
+                t.configs = None;
+                t.topic_config_error_code = code::TOPIC_AUTHORIZATION_FAILED;
+                changed = true;
+            }
+        }
+        changed
+    }
     fn leaders_moved(resp: &Self::Resp) -> bool {
         resp.topics.iter().any(|t| moved(t.error_code))
     }
