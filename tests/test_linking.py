@@ -29,6 +29,7 @@ ROUTES = [
     {"topics": "dr.*", "cluster": "west"},
     {"topics": "late.*", "cluster": "west"},
     {"topics": "s.*", "cluster": "west"},
+    {"topics": "c.*", "cluster": "west"},
     {"topics": "*", "cluster": "east"},
 ]
 _names = iter(range(10_000))
@@ -332,8 +333,50 @@ def test_consumer_offsets_follow_and_a_failover_moves_clients_to_the_mirror(link
     assert committed(gw.addr, "billing-app", [(topic, 0)]) == {(topic, 0): 60}
 
 
+def topic_configs(addr, topic):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    r = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    admin = AdminClient({"bootstrap.servers": addr})
+    got = admin.describe_configs([r])[r].result(15)
+    return {k: v.value for k, v in got.items() if v.value is not None}
+
+
+def test_mirror_topic_configs_follow_the_source(linked):
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+    east, west, gw = linked
+    status, _, text = admin_call(gw, "POST", "/links", {
+        "name": "cfg", "source": "east", "destination": "west",
+        "config": {"cluster.link.prefix": "c.", "topic.config.sync.ms": "1000"},
+    })
+    assert status == 201, text
+    topic = name("settings")
+    admin = AdminClient({"bootstrap.servers": east.addr})
+    admin.create_topics([NewTopic(topic, 1, 1, config={
+        "retention.ms": "3600000", "max.message.bytes": "2000000", "segment.bytes": "1048576"})])[topic].result(15)
+    mirrored = mirror(gw, topic, link="cfg")
+    # Created with the source's synced configs; segment.bytes is not one of them.
+    have = topic_configs(west.addr, mirrored)
+    assert have.get("retention.ms") == "3600000" and have.get("max.message.bytes") == "2000000", have
+    assert have.get("segment.bytes") != "1048576", have
+    # A change on the source follows.
+    r = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([r])[r].result(15)
+    wait_for(lambda: topic_configs(west.addr, mirrored).get("retention.ms") == "7200000", 15, "retention.ms synced")
+    status, body, _ = admin_call(gw, "GET", "/links/cfg")
+    assert body["config_sync"]["configs_set"] >= 1 and body["config_sync"]["last_error"] is None, body
+    got, answer, _ = admin_call(gw, "POST", "/links", {"name": "x", "source": "east", "destination": "west",
+                                                      "config": {"topic.config.sync.include": "min.insync.replicas"}})
+    assert got == 400 and "never synced" in answer["error"]
+
+
 def test_bad_requests_get_clear_answers(linked):
     east, west, gw = linked
+    busy = name("busy")
+    east.create_topic(busy, 1)
+    mirror(gw, busy)  # so that link dr has a mirror copying
     cases = [
         ("POST", "/links", {"name": "x", "source": "east", "destination": "nowhere"}, 400, "no cluster named 'nowhere'"),
         ("POST", "/links", {"name": "x", "source": "east", "destination": "east"}, 400, "different clusters"),

@@ -13,6 +13,7 @@
 //! filler as markers, and refuses writes until the mirror is promoted or failed
 //! over.
 
+pub mod configs;
 pub mod groups;
 pub mod mirror;
 pub mod records;
@@ -65,6 +66,17 @@ pub struct LinkOptions {
     /// (`consumer.offset.group.filters`).
     #[serde(default = "default_groups")]
     pub offset_sync_groups: String,
+    /// How often mirror topic configs follow their source's, in milliseconds,
+    /// 1000 at least (`topic.config.sync.ms`).
+    #[serde(default = "default_config_sync_ms")]
+    pub config_sync_ms: u64,
+    /// Configs synced beyond [`configs::ALWAYS`] (`topic.config.sync.include`).
+    #[serde(default)]
+    pub config_sync_include: String,
+}
+
+fn default_config_sync_ms() -> u64 {
+    5000
 }
 
 fn default_offset_sync_ms() -> u64 {
@@ -83,6 +95,8 @@ impl Default for LinkOptions {
             offset_sync: false,
             offset_sync_ms: default_offset_sync_ms(),
             offset_sync_groups: default_groups(),
+            config_sync_ms: default_config_sync_ms(),
+            config_sync_include: String::new(),
         }
     }
 }
@@ -127,13 +141,23 @@ impl LinkOptions {
                     _ => return Err(format!("{key}: '{value}' is not a whole number of milliseconds, 1000 or more")),
                 }
             }
+            "topic.config.sync.ms" => {
+                self.config_sync_ms = match value.parse::<u64>() {
+                    Ok(ms) if ms >= 1000 => ms,
+                    _ => return Err(format!("{key}: '{value}' is not a whole number of milliseconds, 1000 or more")),
+                }
+            }
+            "topic.config.sync.include" => {
+                configs::parse_include(value).map_err(|e| format!("{key}: {e}"))?;
+                self.config_sync_include = value.to_string();
+            }
             "consumer.offset.group.filters" => {
                 groups::GroupFilter::parse(value).map_err(|e| format!("{key}: {e}"))?;
                 self.offset_sync_groups = value.to_string();
             }
             other => {
                 return Err(format!(
-                    "unknown link option '{other}' (known: cluster.link.prefix, mirror.start.offset.spec, consumer.offset.sync.enable, consumer.offset.sync.ms, consumer.offset.group.filters)"
+                    "unknown link option '{other}' (known: cluster.link.prefix, mirror.start.offset.spec, consumer.offset.sync.enable, consumer.offset.sync.ms, consumer.offset.group.filters, topic.config.sync.ms, topic.config.sync.include)"
                 ))
             }
         }
@@ -286,6 +310,16 @@ struct Inner {
     syncs: BTreeMap<String, watch::Sender<bool>>,
 }
 
+/// What a link's topic config sync has done.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigSyncStatus {
+    pub rounds: u64,
+    /// Configs written to mirrors so far.
+    pub configs_set: u64,
+    pub last_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// What a link's offset sync last did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncStatus {
@@ -305,6 +339,7 @@ pub struct Links {
     failed: mpsc::UnboundedSender<(String, String)>,
     me: std::sync::Weak<Links>,
     sync_status: Mutex<BTreeMap<String, SyncStatus>>,
+    config_status: Mutex<BTreeMap<String, ConfigSyncStatus>>,
     routes: Arc<crate::routing::RouteControl>,
 }
 
@@ -341,6 +376,7 @@ impl Links {
             failed,
             me: me.clone(),
             sync_status: Mutex::new(BTreeMap::new()),
+            config_status: Mutex::new(BTreeMap::new()),
             routes,
         });
         let weak = Arc::downgrade(&links);
@@ -501,6 +537,9 @@ impl Links {
         if let Ok(mut s) = self.sync_status.lock() {
             s.remove(name);
         }
+        if let Ok(mut s) = self.config_status.lock() {
+            s.remove(name);
+        }
         tracing::info!(link = %name, "link deleted");
         Ok(serde_json::json!({"deleted": name}))
     }
@@ -525,20 +564,24 @@ impl Links {
             let status = self.sync_status.lock().ok().and_then(|s| s.get(name).cloned()).unwrap_or_default();
             out["offset_sync"] = serde_json::to_value(status).unwrap_or_default();
         }
+        let status = self.config_status.lock().ok().and_then(|s| s.get(name).cloned()).unwrap_or_default();
+        out["config_sync"] = serde_json::to_value(status).unwrap_or_default();
         Ok(out)
     }
 
     /// Starts the offset sync of `link` if it asks for one.
     fn start_sync(&self, inner: &mut Inner, link: &LinkSpec) {
-        if !link.options.offset_sync {
-            return;
-        }
         let (Ok((_, source)), Ok((_, dest))) = (self.cluster(&link.source), self.cluster(&link.destination)) else {
             return;
         };
-        let Ok(filter) = groups::GroupFilter::parse(&link.options.offset_sync_groups) else { return };
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         inner.syncs.insert(link.name.clone(), stop);
+        self.start_config_sync(link, source.clone(), dest.clone(), stopped.clone());
+        if !link.options.offset_sync {
+            return;
+        }
+        let mut stopped = stopped;
+        let Ok(filter) = groups::GroupFilter::parse(&link.options.offset_sync_groups) else { return };
         let me = self.me.clone();
         let name = link.name.clone();
         let every = Duration::from_millis(link.options.offset_sync_ms.max(1000));
@@ -583,6 +626,60 @@ impl Links {
         });
     }
 
+    /// Keeps the configs of the link's copying mirrors in step with their sources.
+    fn start_config_sync(&self, link: &LinkSpec, source: Arc<Cluster>, dest: Arc<Cluster>, mut stopped: watch::Receiver<bool>) {
+        let include = configs::parse_include(&link.options.config_sync_include).unwrap_or_default();
+        let me = self.me.clone();
+        let name = link.name.clone();
+        let every = Duration::from_millis(link.options.config_sync_ms.max(1000));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return,
+                }
+                let Some(links) = me.upgrade() else { return };
+                let pairs: Vec<(String, String)> = {
+                    let inner = links.inner.lock().await;
+                    inner
+                        .mirrors
+                        .values()
+                        .filter(|m| m.spec.link == name && matches!(m.spec.state, State::Active | State::Paused))
+                        .map(|m| (m.spec.source_topic.clone(), m.spec.name.clone()))
+                        .collect()
+                };
+                let mut changed = 0usize;
+                let mut error = None;
+                for (topic, mirror) in pairs {
+                    let outcome = async {
+                        let want = wire::topic_configs(&source, &topic).await?;
+                        let have = wire::topic_configs(&dest, &mirror).await?;
+                        let set = configs::changes(&want, &have, &include);
+                        if !set.is_empty() {
+                            wire::set_topic_configs(&dest, &mirror, &set).await?;
+                            tracing::info!(mirror = %mirror, configs = ?set, "topic configs synced");
+                        }
+                        Ok::<_, anyhow::Error>(set.len())
+                    };
+                    match outcome.await {
+                        Ok(n) => changed += n,
+                        Err(e) => error = Some(format!("{mirror}: {e:#}")),
+                    }
+                }
+                if let Ok(mut all) = links.config_status.lock() {
+                    let s = all.entry(name.clone()).or_default();
+                    s.rounds += 1;
+                    s.configs_set += changed as u64;
+                    s.last_at_ms = Some(mirror::now_ms());
+                    if let Some(e) = &error {
+                        tracing::warn!(link = %name, error = %e, "topic config sync failed");
+                    }
+                    s.last_error = error;
+                };
+            }
+        });
+    }
+
     /// Creates the mirror of source `topic` over `link` and starts it.
     pub async fn create_mirror(&self, topic: &str, link: &str, name: Option<&str>) -> Result<serde_json::Value, LinkError> {
         let mut inner = self.inner.lock().await;
@@ -602,9 +699,19 @@ impl Links {
             .map_err(unavailable)?
             .ok_or_else(|| LinkError::NotFound(format!("cluster '{}' has no topic '{topic}'", spec.source)))?;
         let all: Vec<i32> = (0..partitions).collect();
+        // The mirror starts with its source's synced configs (a compacted source
+        // makes a compacted mirror from its first record).
+        let include = configs::parse_include(&spec.options.config_sync_include).unwrap_or_default();
+        let initial = match wire::topic_configs(&source, topic).await {
+            Ok(c) => configs::synced(&c, &include),
+            Err(e) => {
+                tracing::warn!(topic, error = %format!("{e:#}"), "source topic configs not read; the mirror starts with the destination's defaults");
+                Vec::new()
+            }
+        };
         // A destination topic may only be taken over while empty (a create that
         // stopped half way); anything else is someone's data.
-        let created = wire::create_topic(&dest, &name, partitions, &[]).await.map_err(unavailable)?;
+        let created = wire::create_topic(&dest, &name, partitions, &initial).await.map_err(unavailable)?;
         let mut dest_end = std::collections::HashMap::new();
         for attempt in 0..200 {
             if attempt > 0 {
@@ -912,6 +1019,8 @@ fn link_json(l: &LinkSpec, mirrors: usize) -> serde_json::Value {
             "consumer.offset.sync.enable": l.options.offset_sync.to_string(),
             "consumer.offset.sync.ms": l.options.offset_sync_ms.to_string(),
             "consumer.offset.group.filters": l.options.offset_sync_groups,
+            "topic.config.sync.ms": l.options.config_sync_ms.to_string(),
+            "topic.config.sync.include": l.options.config_sync_include,
         },
         "mirror_count": mirrors,
     })

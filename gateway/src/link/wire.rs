@@ -321,3 +321,73 @@ pub fn produced(resp: &Response, version: i16) -> anyhow::Result<(i16, i64, Opti
         .ok_or_else(|| anyhow!("Produce answered no partition"))?;
     Ok((p.error_code, p.base_offset, p.error_message.map(|m| m.to_string())))
 }
+
+/// ConfigResource type of a topic.
+const TOPIC_RESOURCE: i8 = 2;
+
+/// A topic's configs that have a value: name -> value.
+pub async fn topic_configs(cluster: &Cluster, topic: &str) -> anyhow::Result<HashMap<String, String>> {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+    let version = cluster.own_version(ApiKey::DescribeConfigs, 4)?;
+    let request = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+        .with_resource_type(TOPIC_RESOURCE)
+        .with_resource_name(StrBytes::from_string(topic.to_string()))
+        .with_configuration_keys(None)]);
+    let frame = codec::encode_request(ApiKey::DescribeConfigs, version, CLIENT_ID, &request)?;
+    let resp = cluster.control_request_any(frame).await?;
+    let body: DescribeConfigsResponse =
+        resp.decode(ApiKey::DescribeConfigs.response_header_version(version), version, "DescribeConfigs response")?;
+    let result = body.results.into_iter().next().ok_or_else(|| anyhow!("DescribeConfigs answered no resource"))?;
+    if result.error_code != 0 {
+        bail!("cluster '{}' answered DescribeConfigs for '{topic}' with error {}", cluster.name, result.error_code);
+    }
+    Ok(result
+        .configs
+        .into_iter()
+        .filter(|c| !c.is_sensitive)
+        .filter_map(|c| Some((c.name.to_string(), c.value?.to_string())))
+        .collect())
+}
+
+/// Sets `configs` on a topic (IncrementalAlterConfigs SET), leaving the others.
+pub async fn set_topic_configs(cluster: &Cluster, topic: &str, configs: &[(String, String)]) -> anyhow::Result<()> {
+    use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
+    if configs.is_empty() {
+        return Ok(());
+    }
+    let version = cluster.own_version(ApiKey::IncrementalAlterConfigs, 1)?;
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+        .with_resource_type(TOPIC_RESOURCE)
+        .with_resource_name(StrBytes::from_string(topic.to_string()))
+        .with_configs(
+            configs
+                .iter()
+                .map(|(k, v)| {
+                    AlterableConfig::default()
+                        .with_name(StrBytes::from_string(k.clone()))
+                        .with_config_operation(0) // SET
+                        .with_value(Some(StrBytes::from_string(v.clone())))
+                })
+                .collect(),
+        )]);
+    let frame = codec::encode_request(ApiKey::IncrementalAlterConfigs, version, CLIENT_ID, &request)?;
+    let resp = cluster.control_request_any(frame).await?;
+    let body: IncrementalAlterConfigsResponse = resp.decode(
+        ApiKey::IncrementalAlterConfigs.response_header_version(version),
+        version,
+        "IncrementalAlterConfigs response",
+    )?;
+    for r in &body.responses {
+        if r.error_code != 0 {
+            bail!(
+                "cluster '{}' refused configs for '{topic}' (error {}{})",
+                cluster.name,
+                r.error_code,
+                r.error_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

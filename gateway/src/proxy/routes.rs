@@ -165,18 +165,21 @@ impl ClientRoutes {
     }
 
     /// The cluster and backend name of a client-visible topic; `None`: no route.
+    ///
+    /// The links' own topic (`__causeway_links`) is no client's: it has no route.
     pub fn topic<'a>(&self, name: &'a str) -> Option<Target<'a>> {
-        let Some(plugin) = &self.plugin else {
-            return self.router.topic(name);
+        let target = match &self.plugin {
+            None => self.router.topic(name),
+            Some(plugin) => match plugin.route(name, &self.who.principal, &self.client_id) {
+                Route::To(cluster, backend) => Some(Target {
+                    cluster,
+                    backend: if backend == name { Cow::Borrowed(name) } else { Cow::Owned(backend) },
+                }),
+                Route::Routes => self.router.topic(name),
+                Route::Unroutable => None,
+            },
         };
-        match plugin.route(name, &self.who.principal, &self.client_id) {
-            Route::To(cluster, backend) => Some(Target {
-                cluster,
-                backend: if backend == name { Cow::Borrowed(name) } else { Cow::Owned(backend) },
-            }),
-            Route::Routes => self.router.topic(name),
-            Route::Unroutable => None,
-        }
+        target.filter(|t| t.backend != crate::link::store::TOPIC)
     }
 
     /// The client-visible name of a backend topic of `cluster`; `None`: this
@@ -192,7 +195,11 @@ impl ClientRoutes {
         let Some(plugin) = &self.plugin else {
             return backends
                 .iter()
-                .map(|b| self.router.client_name(cluster, b).filter(|n| self.sees(n)))
+                .map(|b| {
+                    self.router
+                        .client_name(cluster, b)
+                        .filter(|n| self.sees(n) && *b != crate::link::store::TOPIC)
+                })
                 .collect();
         };
         let shown = plugin.client_names(cluster, backends, &self.who.principal, &self.client_id);
