@@ -30,6 +30,7 @@ ROUTES = [
     {"topics": "late.*", "cluster": "west"},
     {"topics": "s.*", "cluster": "west"},
     {"topics": "c.*", "cluster": "west"},
+    {"topics": "a.*", "cluster": "west"},
     {"topics": "*", "cluster": "east"},
 ]
 _names = iter(range(10_000))
@@ -370,6 +371,26 @@ def test_mirror_topic_configs_follow_the_source(linked):
     got, answer, _ = admin_call(gw, "POST", "/links", {"name": "x", "source": "east", "destination": "west",
                                                       "config": {"topic.config.sync.include": "min.insync.replicas"}})
     assert got == 400 and "never synced" in answer["error"]
+
+
+def test_new_source_topics_matching_the_filters_are_mirrored(linked):
+    east, west, gw = linked
+    status, _, text = admin_call(gw, "POST", "/links", {
+        "name": "auto", "source": "east", "destination": "west",
+        "config": {"cluster.link.prefix": "a.", "topic.config.sync.ms": "1000",
+                   "auto.create.mirror.topics.enable": "true",
+                   "auto.create.mirror.topics.filters": "auto-*,!auto-skip-*"},
+    })
+    assert status == 201, text
+    wanted, skipped = name("auto-orders"), name("auto-skip-orders")
+    for t in (wanted, skipped):
+        east.create_topic(t, 2)
+        produce_confluent(gw.addr, t, records(10, t), partition=1)
+    wait_for(lambda: admin_call(gw, "GET", f"/mirrors/a.{wanted}")[0] == 200, 20, "mirror auto-created")
+    caught_up(gw, f"a.{wanted}", {0: 0, 1: 10})
+    assert read_partition(gw.addr, f"a.{wanted}", 1) == read_partition(gw.addr, wanted, 1)
+    _, listed, _ = admin_call(gw, "GET", "/mirrors?link=auto")
+    assert [m["source_topic"] for m in listed["mirrors"]] == [wanted], "only what the filters match"
 
 
 def test_bad_requests_get_clear_answers(linked):

@@ -73,6 +73,13 @@ pub struct LinkOptions {
     /// Configs synced beyond [`configs::ALWAYS`] (`topic.config.sync.include`).
     #[serde(default)]
     pub config_sync_include: String,
+    /// Mirror every source topic the filters match, as it appears
+    /// (`auto.create.mirror.topics.enable`, `auto.create.mirror.topics.filters`:
+    /// globs, `!glob` excludes, the last match wins).
+    #[serde(default)]
+    pub auto_create: bool,
+    #[serde(default)]
+    pub auto_create_filters: String,
 }
 
 fn default_config_sync_ms() -> u64 {
@@ -97,6 +104,8 @@ impl Default for LinkOptions {
             offset_sync_groups: default_groups(),
             config_sync_ms: default_config_sync_ms(),
             config_sync_include: String::new(),
+            auto_create: false,
+            auto_create_filters: String::new(),
         }
     }
 }
@@ -147,6 +156,17 @@ impl LinkOptions {
                     _ => return Err(format!("{key}: '{value}' is not a whole number of milliseconds, 1000 or more")),
                 }
             }
+            "auto.create.mirror.topics.enable" => {
+                self.auto_create = match value {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(format!("{key}: '{other}' is not true or false")),
+                }
+            }
+            "auto.create.mirror.topics.filters" => {
+                groups::GroupFilter::parse(value).map_err(|e| format!("{key}: {e}"))?;
+                self.auto_create_filters = value.to_string();
+            }
             "topic.config.sync.include" => {
                 configs::parse_include(value).map_err(|e| format!("{key}: {e}"))?;
                 self.config_sync_include = value.to_string();
@@ -157,7 +177,7 @@ impl LinkOptions {
             }
             other => {
                 return Err(format!(
-                    "unknown link option '{other}' (known: cluster.link.prefix, mirror.start.offset.spec, consumer.offset.sync.enable, consumer.offset.sync.ms, consumer.offset.group.filters, topic.config.sync.ms, topic.config.sync.include)"
+                    "unknown link option '{other}' (known: cluster.link.prefix, mirror.start.offset.spec, consumer.offset.sync.enable, consumer.offset.sync.ms, consumer.offset.group.filters, topic.config.sync.ms, topic.config.sync.include, auto.create.mirror.topics.enable, auto.create.mirror.topics.filters)"
                 ))
             }
         }
@@ -629,6 +649,11 @@ impl Links {
     /// Keeps the configs of the link's copying mirrors in step with their sources.
     fn start_config_sync(&self, link: &LinkSpec, source: Arc<Cluster>, dest: Arc<Cluster>, mut stopped: watch::Receiver<bool>) {
         let include = configs::parse_include(&link.options.config_sync_include).unwrap_or_default();
+        let auto_create = link
+            .options
+            .auto_create
+            .then(|| groups::GroupFilter::parse(&link.options.auto_create_filters).ok())
+            .flatten();
         let me = self.me.clone();
         let name = link.name.clone();
         let every = Duration::from_millis(link.options.config_sync_ms.max(1000));
@@ -639,6 +664,9 @@ impl Links {
                     _ = stopped.changed() => return,
                 }
                 let Some(links) = me.upgrade() else { return };
+                if let Some(filter) = &auto_create {
+                    links.auto_create(&name, &source, filter).await;
+                }
                 let pairs: Vec<(String, String)> = {
                     let inner = links.inner.lock().await;
                     inner
@@ -678,6 +706,32 @@ impl Links {
                 };
             }
         });
+    }
+
+    /// Mirrors each source topic `filter` matches that link `name` does not mirror yet.
+    async fn auto_create(&self, name: &str, source: &Cluster, filter: &groups::GroupFilter) {
+        if let Err(e) = source.refresh(None).await {
+            tracing::debug!(link = name, error = %e, "source topics not listed");
+            return;
+        }
+        let mirrored: HashSet<String> = {
+            let inner = self.inner.lock().await;
+            inner.mirrors.values().filter(|m| m.spec.link == name).map(|m| m.spec.source_topic.clone()).collect()
+        };
+        let mut topics: Vec<String> = source
+            .snapshot()
+            .topics
+            .keys()
+            .filter(|t| !t.starts_with("__") && filter.matches(t) && !mirrored.contains(*t))
+            .cloned()
+            .collect();
+        topics.sort();
+        for topic in topics {
+            match self.create_mirror(&topic, name, None).await {
+                Ok(_) => tracing::info!(link = name, topic, "mirror created for a new source topic"),
+                Err(e) => tracing::warn!(link = name, topic, error = %e, "no mirror created for a source topic"),
+            }
+        }
     }
 
     /// Creates the mirror of source `topic` over `link` and starts it.
@@ -1021,6 +1075,8 @@ fn link_json(l: &LinkSpec, mirrors: usize) -> serde_json::Value {
             "consumer.offset.group.filters": l.options.offset_sync_groups,
             "topic.config.sync.ms": l.options.config_sync_ms.to_string(),
             "topic.config.sync.include": l.options.config_sync_include,
+            "auto.create.mirror.topics.enable": l.options.auto_create.to_string(),
+            "auto.create.mirror.topics.filters": l.options.auto_create_filters,
         },
         "mirror_count": mirrors,
     })

@@ -178,6 +178,7 @@ pub fn coalesce(pieces: Vec<Piece>) -> Result<Vec<Piece>, Unmirrorable> {
         }
         let mut buf = all.freeze();
         let unreadable = |reason: String| Unmirrorable::Unreadable { offset: -1, reason };
+        bounded(&buf).map_err(unreadable)?;
         let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| unreadable(e.to_string()))?;
         let compression = sets.first().map_or(Compression::None, |s| s.compression);
         let mut records: Vec<Record> = sets.into_iter().flat_map(|s| s.records).collect();
@@ -239,6 +240,7 @@ fn rebuild(out: &mut Vec<Piece>, batch: Bytes, h: &BatchHeader, mut next: i64) -
     if !(0..=MAX_RECORDS).contains(&h.record_count) {
         return Err(unreadable(format!("it declares {} records", h.record_count)));
     }
+    bounded(&batch).map_err(unreadable)?;
     let mut buf = batch;
     let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| unreadable(e.to_string()))?;
     let last = h.base_offset.saturating_add(i64::from(h.last_offset_delta));
@@ -266,6 +268,15 @@ fn rebuild(out: &mut Vec<Piece>, batch: Bytes, h: &BatchHeader, mut next: i64) -
     flush(&mut run, out)?;
     fill(out, last + 1 - next, h.first_timestamp);
     Ok(())
+}
+
+/// Checks that `batches` decompress to at most the bound record filters have, so
+/// a small compressed batch claiming gigabytes is refused before it is decoded.
+fn bounded(batches: &Bytes) -> Result<(), String> {
+    use crate::plugins::batches::{sections, MAX_RECORD_BYTES};
+    sections(batches, crate::plugins::filter::Direction::Fetch, MAX_RECORD_BYTES)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Records as one batch, offsets from zero, with no producer (stamped when sent).
