@@ -41,6 +41,19 @@ if ! command -v kcat >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
 fi
 
+# iproute2 and nftables: the hybrid bridge tests build two network namespaces
+# with a firewall between them (as root; elsewhere those tests skip and say why).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  net_missing=()
+  command -v ip >/dev/null 2>&1 || net_missing+=(iproute2)
+  command -v nft >/dev/null 2>&1 || net_missing+=(nftables)
+  if [ "${#net_missing[@]}" -gt 0 ]; then
+    log "installing ${net_missing[*]} (network namespaces for the bridge tests)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${net_missing[@]}" >/dev/null
+  fi
+fi
+
 # kafkajs
 if [ ! -d "$tools/node/node_modules/kafkajs" ]; then
   log "installing kafkajs"

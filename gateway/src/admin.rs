@@ -35,6 +35,8 @@ pub struct Admin {
     pub plugins: crate::plugins::Plugins,
     /// Cluster links and mirror topics.
     pub links: Arc<crate::link::Links>,
+    /// This gateway's side of the hybrid bridge.
+    pub tunnel: Option<crate::tunnel::Tunnel>,
     /// The bearer token required; every request is let in when `None`.
     pub token: Option<String>,
     /// Whether metrics and health answer without the token.
@@ -129,6 +131,14 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             change_reply(admin.routes.replace(put.routes))
         }
         (&Method::POST, "/reload") => change_reply(admin.routes.reload()),
+        (&Method::GET, "/tunnel") => match &admin.tunnel {
+            Some(t) => reply(StatusCode::OK, "application/json", format!("{}\n", t.status())),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                format!("{}\n", serde_json::json!({"problems": [{"field": "tunnel", "message": "this gateway has no [tunnel] section"}]})),
+            ),
+        },
         (&Method::GET, "/plugins") => {
             let list: Vec<_> = admin
                 .plugins

@@ -109,6 +109,47 @@ pub fn links_table(v: &Value) -> String {
     table(&["NAME", "SOURCE", "DESTINATION", "MIRRORS"], &rows)
 }
 
+/// `causeway tunnel status`: one row per connection (or on-prem slot).
+pub fn tunnel_table(v: &Value) -> String {
+    let ms = |c: &Value, k: &str| match c.get(k).and_then(Value::as_f64) {
+        Some(x) => format!("{x:.1}"),
+        None => "-".into(),
+    };
+    let rows: Vec<Vec<String>> = v
+        .get("connections")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let clusters = c
+                        .get("clusters")
+                        .and_then(Value::as_array)
+                        .map(|l| l.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    let up = c.get("connected_for_ms").and_then(Value::as_u64).map(|m| format!("{}s", m / 1000));
+                    vec![
+                        s(c, "peer"),
+                        s(c, "slot"),
+                        s(c, "state"),
+                        clusters,
+                        up.unwrap_or_else(|| "-".into()),
+                        ms(c, "rtt_ms"),
+                        s(c, "lost_packets"),
+                        s(c, "open_streams"),
+                        s(c, "reconnects"),
+                        s(c, "last_error"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let role = v.get("role").and_then(Value::as_str).unwrap_or("?");
+    format!(
+        "role: {role}\n{}",
+        table(&["PEER", "SLOT", "STATE", "CLUSTERS", "UP", "RTT_MS", "LOST", "STREAMS", "RECONNECTS", "LAST_ERROR"], &rows)
+    )
+}
+
 pub fn link_text(l: &Value) -> String {
     let mut out = format!(
         "link {}: {} -> {}\n",

@@ -34,6 +34,9 @@ pub struct Config {
     /// ACL rules, in Kafka's terms; deny wins.
     #[serde(default)]
     pub acls: Vec<crate::authz::AclConfig>,
+    /// The hybrid bridge: this gateway's side of a QUIC tunnel.
+    #[serde(default)]
+    pub tunnel: Option<crate::tunnel::TunnelConfig>,
 }
 
 /// The Kafka listener clients connect to, and the broker Causeway presents.
@@ -155,6 +158,10 @@ pub struct ClusterConfig {
     /// Causeway's SASL login to the cluster.
     #[serde(default)]
     pub sasl: Option<crate::backend::secure::BackendSasl>,
+    /// Reach this cluster through the tunnel (the cloud side of the bridge):
+    /// `bootstrap` then names brokers as the on-prem Causeway reaches them.
+    #[serde(default)]
+    pub tunnel: bool,
 }
 
 fn default_max_frame() -> usize {
@@ -242,6 +249,9 @@ impl Config {
             if let Some(tls) = &mut config.admin.tls {
                 crate::tls::resolve_paths(tls, dir);
             }
+            if let Some(tunnel) = &mut config.tunnel {
+                tunnel.resolve_paths(dir);
+            }
             if let Some(path) = &mut config.admin.token_file {
                 if Path::new(path.as_str()).is_relative() {
                     *path = dir.join(&*path).display().to_string();
@@ -287,6 +297,7 @@ impl Config {
                 health_interval_ms: default_health_interval(),
                 tls: None,
                 sasl: None,
+                tunnel: false,
             },
         );
         Config {
@@ -309,6 +320,7 @@ impl Config {
             plugins: Vec::new(),
             authorization: None,
             acls: Vec::new(),
+            tunnel: None,
         }
     }
 
@@ -445,6 +457,9 @@ impl Config {
                 "clusters",
                 "no backend cluster; add [clusters.NAME] with bootstrap = [\"HOST:PORT\"]".to_string(),
             );
+        }
+        for p in crate::tunnel::validate(self) {
+            problem(&p.field, p.message);
         }
         for (name, cluster) in &self.clusters {
             let base = format!("clusters.{name}");

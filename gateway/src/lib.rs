@@ -23,6 +23,7 @@ pub mod routing;
 pub mod sasl;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct Running {
     pub admin_addr: Option<std::net::SocketAddr>,
     /// Route changes: what `/routes`, `/reload` and SIGHUP use.
     pub routes: Arc<routing::RouteControl>,
+    /// This gateway's side of the hybrid bridge, if it has one.
+    pub tunnel: Option<tunnel::Tunnel>,
 }
 
 /// Binds the listeners, starts the backend bootstrap and serves until the process ends.
@@ -43,8 +46,22 @@ pub async fn start(
     config_path: Option<std::path::PathBuf>,
 ) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
     let metrics = telemetry::install()?;
-    let backends = backend::Backends::from_config(&config)?;
+    // The cloud side of the bridge: its clusters dial through the tunnel, so
+    // it exists before the backends.
+    let registry = match &config.tunnel {
+        Some(t) if t.is_cloud() => Some(tunnel::listen(t)?),
+        _ => None,
+    };
+    let backends = backend::Backends::from_config(&config, registry.as_ref())?;
     backends.spawn_bootstrap();
+    let tunnel = match (&config.tunnel, registry) {
+        (_, Some(registry)) => {
+            registry.serve();
+            Some(tunnel::Tunnel::Cloud(registry))
+        }
+        (Some(t), None) => Some(tunnel::Tunnel::OnPrem(tunnel::start_onprem(t, backends.clone())?)),
+        (None, None) => None,
+    };
 
     let listener = TcpListener::bind(&config.gateway.listen)
         .await
@@ -96,6 +113,7 @@ pub async fn start(
                 routes: routes.clone(),
                 plugins: plugins.clone(),
                 links: links.clone(),
+                tunnel: tunnel.clone(),
                 token: config.admin.token().map_err(|p| anyhow::anyhow!("{p}"))?,
                 open_metrics: config.admin.open_metrics,
             });
@@ -133,6 +151,7 @@ pub async fn start(
             kafka_addr,
             admin_addr,
             routes,
+            tunnel,
         },
         handle,
     ))

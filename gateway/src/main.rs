@@ -70,6 +70,19 @@ enum Command {
         #[command(subcommand)]
         command: MirrorCommand,
     },
+    /// The hybrid bridge: `tunnel status` lists peers, connections and their state.
+    Tunnel {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: TunnelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// Peers, connections, state, round-trip time, losses, streams, reconnects.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -265,6 +278,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Link { admin, command } => link_command(&admin, command),
         Command::Mirror { admin, command } => mirror_command(&admin, command),
+        Command::Tunnel { admin, command: TunnelCommand::Status } => {
+            admin_call(&admin, hyper::Method::GET, "/tunnel", None, causeway::cli::tunnel_table)
+        }
         Command::SaslUser { user, iterations } => match sasl_user(&user, iterations) {
             Ok(entry) => {
                 print!("{entry}");
@@ -337,13 +353,18 @@ fn main() -> ExitCode {
                     }
                 };
                 tokio::spawn(reload_on_hangup(running.routes.clone()));
-                tokio::select! {
+                let tunnel = running.tunnel.clone();
+                let code = tokio::select! {
                     _ = serving => ExitCode::FAILURE,
                     _ = shutdown_signal() => {
                         tracing::info!("shutting down");
                         ExitCode::SUCCESS
                     }
+                };
+                if let Some(tunnel) = tunnel {
+                    tunnel.drain().await;
                 }
+                code
             })
         }
     }

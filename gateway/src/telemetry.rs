@@ -34,6 +34,15 @@ const MIRROR_RECORDS: &str = "causeway_mirror_records_total";
 const MIRROR_BYTES: &str = "causeway_mirror_bytes_total";
 const MIRROR_FILLER: &str = "causeway_mirror_filler_offsets_total";
 const MIRROR_STATE: &str = "causeway_mirror_state";
+const TUNNEL_CONNECTIONS: &str = "causeway_tunnel_connections";
+const TUNNEL_RTT: &str = "causeway_tunnel_rtt_seconds";
+const TUNNEL_CWND: &str = "causeway_tunnel_congestion_window_bytes";
+const TUNNEL_LOST: &str = "causeway_tunnel_lost_packets_total";
+const TUNNEL_SENT: &str = "causeway_tunnel_sent_bytes_total";
+const TUNNEL_RECEIVED: &str = "causeway_tunnel_received_bytes_total";
+const TUNNEL_RECONNECTS: &str = "causeway_tunnel_reconnects_total";
+const TUNNEL_HANDSHAKE_FAILURES: &str = "causeway_tunnel_peers_refused_total";
+const TUNNEL_STREAMS: &str = "causeway_tunnel_streams_total";
 
 /// Installs the Prometheus recorder and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -98,6 +107,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Offsets the mirror filled because the source holds no record to mirror there (markers, aborted data, compaction), by mirror."
     );
     describe_gauge!(MIRROR_STATE, Unit::Count, "1 for the mirror's current state, 0 for the others, by mirror and state.");
+    describe_gauge!(TUNNEL_CONNECTIONS, Unit::Count, "Open tunnel connections, by peer and slot.");
+    describe_gauge!(TUNNEL_RTT, Unit::Seconds, "Smoothed round-trip time of a tunnel connection, by peer and slot.");
+    describe_gauge!(TUNNEL_CWND, Unit::Bytes, "Congestion window of a tunnel connection, by peer and slot.");
+    describe_counter!(TUNNEL_LOST, Unit::Count, "Packets a tunnel connection lost, by peer.");
+    describe_counter!(TUNNEL_SENT, Unit::Bytes, "UDP bytes a tunnel sent, by peer.");
+    describe_counter!(TUNNEL_RECEIVED, Unit::Bytes, "UDP bytes a tunnel received, by peer.");
+    describe_counter!(TUNNEL_RECONNECTS, Unit::Count, "Tunnel connections lost and dialled again, by cloud address.");
+    describe_counter!(
+        TUNNEL_HANDSHAKE_FAILURES,
+        Unit::Count,
+        "Tunnel peers refused, by reason (handshake, identity, hello, clusters, timeout, retry)."
+    );
+    describe_counter!(TUNNEL_STREAMS, Unit::Count, "Streams opened through the tunnel, by cluster and outcome.");
     describe_gauge!(
         CLUSTER_UP,
         Unit::Count,
@@ -122,6 +144,34 @@ pub fn mirror_state(mirror: &str, state: &str, all: &[&str]) {
     for s in all {
         gauge!(MIRROR_STATE, "mirror" => mirror.to_string(), "state" => s.to_string()).set(if *s == state { 1.0 } else { 0.0 });
     }
+}
+
+/// A tunnel connection's statistics, `last` being the previous sample.
+pub fn tunnel_stats(peer: &str, slot: &str, now: &quinn::ConnectionStats, last: &quinn::ConnectionStats) {
+    let labels = [("peer", peer.to_string()), ("slot", slot.to_string())];
+    gauge!(TUNNEL_CONNECTIONS, &labels).set(1.0);
+    gauge!(TUNNEL_RTT, &labels).set(now.path.rtt.as_secs_f64());
+    gauge!(TUNNEL_CWND, &labels).set(now.path.cwnd as f64);
+    let peer = [("peer", peer.to_string())];
+    counter!(TUNNEL_LOST, &peer).increment(now.path.lost_packets.saturating_sub(last.path.lost_packets));
+    counter!(TUNNEL_SENT, &peer).increment(now.udp_tx.bytes.saturating_sub(last.udp_tx.bytes));
+    counter!(TUNNEL_RECEIVED, &peer).increment(now.udp_rx.bytes.saturating_sub(last.udp_rx.bytes));
+}
+
+pub fn tunnel_closed(peer: &str, slot: &str) {
+    gauge!(TUNNEL_CONNECTIONS, "peer" => peer.to_string(), "slot" => slot.to_string()).set(0.0);
+}
+
+pub fn tunnel_reconnect(target: &str) {
+    counter!(TUNNEL_RECONNECTS, "peer" => target.to_string()).increment(1);
+}
+
+pub fn tunnel_handshake_failed(reason: &'static str) {
+    counter!(TUNNEL_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn tunnel_stream(cluster: &str, outcome: &'static str) {
+    counter!(TUNNEL_STREAMS, "cluster" => cluster.to_string(), "outcome" => outcome).increment(1);
 }
 
 pub fn request(api: &'static str, elapsed: Duration) {

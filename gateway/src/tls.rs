@@ -58,7 +58,7 @@ fn read_certs(path: &str, field: &'static str) -> Result<Vec<CertificateDer<'sta
 }
 
 /// Builds the rustls server config the files describe.
-fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, FieldError> {
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, FieldError> {
     let certs = read_certs(&tls.cert, "cert")?;
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| ("key", format!("cannot read a PEM private key from '{}': {e}", tls.key)))?;

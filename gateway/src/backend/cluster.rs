@@ -426,6 +426,12 @@ impl Cluster {
         self.snapshot().ids.get(id).cloned()
     }
 
+    /// Whether `addr` is one of the cluster's bootstrap addresses or a
+    /// broker its metadata names.
+    pub fn knows_address(&self, addr: &str) -> bool {
+        self.config.bootstrap.iter().any(|b| b == addr) || self.snapshot().brokers.values().any(|b| b == addr)
+    }
+
     pub fn broker_addr(&self, id: i32) -> Option<String> {
         self.snapshot().brokers.get(&id).cloned()
     }

@@ -66,12 +66,17 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    /// The clusters of the config; those with `tunnel = true` are reached
+    /// through `tunnel` (the cloud side of the bridge).
+    pub fn from_config(config: &Config, tunnel: Option<&Arc<crate::tunnel::cloud::Registry>>) -> anyhow::Result<Self> {
         let mut clusters = Vec::new();
         for (name, c) in &config.clusters {
-            let tcp: Arc<dyn transport::Connector> = Arc::new(transport::TcpConnector {
-                timeout: Duration::from_millis(c.connect_timeout_ms),
-            });
+            let timeout = Duration::from_millis(c.connect_timeout_ms);
+            let tcp: Arc<dyn transport::Connector> = match (c.tunnel, tunnel) {
+                (false, _) => Arc::new(transport::TcpConnector { timeout }),
+                (true, Some(registry)) => registry.connector(name.clone(), timeout),
+                (true, None) => anyhow::bail!("clusters.{name}.tunnel: needs [tunnel] listen = \"IP:PORT\""),
+            };
             let secure = secure::SecureConnector::new(tcp.clone(), c.tls.as_ref(), c.sasl.as_ref())
                 .map_err(|e| anyhow::anyhow!("clusters.{name}.{e}"))?;
             let identities = match &secure {

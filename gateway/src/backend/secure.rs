@@ -91,7 +91,7 @@ fn ca_file(ca: &str) -> Result<String, String> {
         .ok_or_else(|| format!("no system CA bundle found (looked at $SSL_CERT_FILE and {})", SYSTEM_BUNDLES.join(", ")))
 }
 
-fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, (&'static str, String)> {
+pub fn client_config(tls: &BackendTls) -> Result<Arc<ClientConfig>, (&'static str, String)> {
     let mut roots = RootCertStore::empty();
     let ca = ca_file(&tls.ca).map_err(|e| ("ca", e))?;
     let certs = CertificateDer::pem_file_iter(&ca)

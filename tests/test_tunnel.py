@@ -1,0 +1,375 @@
+"""The hybrid bridge: an on-prem Causeway dials out over QUIC to a cloud Causeway,
+which then reaches the on-prem cluster back through that connection.
+
+Two network namespaces (see netns.py): "onprem" with a tansu broker and a
+Causeway, "cloud" with a tansu broker and a Causeway, joined by a veth pair;
+onprem's firewall drops every new connection from the cloud side. The tests
+run as the cloud's clients, from the host, with real client libraries
+(librdkafka, kafka-python, kcat). These tests need root, iproute2 and nft, and
+skip with the reason where those are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import netns
+from clients import consume_kafka_python, produce_confluent, read_partition, read_partitions, records
+from netns import CLOUD_HOST_SIDE_IP, CLOUD_IP, ONPREM_IP
+from rig import Process, admin_call, causeway_bin, causeway_check, kcat, make_ca, make_cert, tansu_bin, wait_for
+
+ONPREM_BROKER = f"{ONPREM_IP}:19092"
+CLOUD_BROKER = f"{CLOUD_HOST_SIDE_IP}:29092"
+TUNNEL = f"{CLOUD_IP}:4433"
+# The on-prem Causeway's own listener, for on-prem clients.
+ONPREM_LOCAL = "127.0.0.1:9092"
+PEER = "CN=onprem-a,O=Causeway Tests"
+
+CLOUD_CONFIG = """
+[gateway]
+listen = "0.0.0.0:9092"
+advertised = "{cloud_host}:9092"
+cluster_id = "causeway-cloud"
+
+[admin]
+listen = "{cloud_host}:9644"
+
+[tunnel]
+listen = "{tunnel}"
+cert = "{certs}/cloud.pem"
+key = "{certs}/cloud-key.pem"
+client_ca = "{certs}/ca.pem"
+keep_alive_ms = 500
+idle_timeout_ms = 3000
+
+[[tunnel.peers]]
+identity = "{peer}"
+clusters = ["onprem"]
+
+[clusters.onprem]
+tunnel = true
+bootstrap = ["{onprem_broker}"]
+health_interval_ms = 500
+connect_timeout_ms = 3000
+
+[clusters.cloud]
+bootstrap = ["{cloud_broker}"]
+health_interval_ms = 500
+
+[[routes]]
+topics = "dr.*"
+cluster = "cloud"
+
+[[routes]]
+topics = "*"
+cluster = "onprem"
+"""
+
+ONPREM_CONFIG = """
+[gateway]
+listen = "127.0.0.1:{port}"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[tunnel]
+connect = ["{tunnel}"]
+server_name = "localhost"
+cert = "{certs}/{name}.pem"
+key = "{certs}/{name}-key.pem"
+ca = "{certs}/{ca}.pem"
+expose = ["onprem"]
+keep_alive_ms = 500
+idle_timeout_ms = 3000
+backoff_max_ms = 1000
+
+[clusters.onprem]
+bootstrap = ["{onprem_broker}"]
+"""
+
+_names = iter(range(10_000))
+
+
+def name(tag: str) -> str:
+    return f"{tag}-{next(_names)}"
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    why = netns.missing()
+    if why is not None:
+        pytest.skip(f"hybrid bridge tests: {why}")
+    sites = netns.Sites()
+    certs = Path(tempfile.mkdtemp(prefix="causeway-bridge-"))
+    make_ca(certs, "ca")
+    make_ca(certs, "evil")
+    make_cert(certs, "cloud", "/O=Causeway Tests/CN=cloud-gw", "ca", server=True)
+    make_cert(certs, "onprem-a", "/O=Causeway Tests/CN=onprem-a", "ca")
+    make_cert(certs, "intruder", "/O=Causeway Tests/CN=intruder", "ca")
+    make_cert(certs, "forged", "/O=Causeway Tests/CN=onprem-a", "evil")
+    started = []
+
+    def start(ns, label, args, env=None):
+        p = Process(label, sites.exec(ns, *args), env=env)
+        started.append(p)
+        return p
+
+    def tansu(ns, addr, cluster_id):
+        url = f"tcp://{addr}"
+        p = start(ns, f"tansu-{cluster_id}", [str(tansu_bin()), "broker", "--cluster-id", cluster_id,
+                                               "--listener-url", url, "--advertised-listener-url", url,
+                                               "--storage-engine", "memory://tansu/"],
+                  env={"RUST_LOG": "warn"})
+        host, port = addr.split(":")
+        sites.wait_port(ns, host, int(port), process=p)
+        return p
+
+    def gateway(ns, label, text, port_host, port):
+        f = certs / f"{label}.toml"
+        f.write_text(text)
+        p = start(ns, label, [str(causeway_bin()), "run", "--config", str(f)], env={"CAUSEWAY_LOG": "info"})
+        sites.wait_port(ns, port_host, port, process=p)
+        return p
+
+    try:
+        tansu(sites.onprem, ONPREM_BROKER, "onprem")
+        tansu(sites.cloud, CLOUD_BROKER, "cloud")
+        cloud = gateway(sites.cloud, "cloud", CLOUD_CONFIG.format(
+            cloud_host=CLOUD_HOST_SIDE_IP, tunnel=TUNNEL, certs=certs, peer=PEER,
+            onprem_broker=ONPREM_BROKER, cloud_broker=CLOUD_BROKER), CLOUD_HOST_SIDE_IP, 9092)
+        onprem = gateway(sites.onprem, "onprem", onprem_config(certs, "onprem-a", "ca", 9092),
+                         "127.0.0.1", 9092)
+
+        class Bridge:
+            pass
+
+        b = Bridge()
+        b.sites, b.certs, b.start, b.gateway = sites, certs, start, gateway
+        b.cloud, b.onprem = cloud, onprem
+        b.addr = f"{CLOUD_HOST_SIDE_IP}:9092"
+        b.admin = f"{CLOUD_HOST_SIDE_IP}:9644"
+        wait_for(lambda: ready(b), 30, "the cloud gateway to reach both clusters")
+        yield b
+    finally:
+        for p in reversed(started):
+            p.close()
+        sites.close()
+
+
+def onprem_config(certs, cert, ca, port):
+    return ONPREM_CONFIG.format(tunnel=TUNNEL, certs=certs, name=cert, ca=ca, port=port,
+                                admin_port=port + 552, onprem_broker=ONPREM_BROKER)
+
+
+def ready(b) -> bool:
+    status, body, _ = admin_call(b, "GET", "/readyz")
+    return status == 200 and body.get("ready") is True
+
+
+def tunnel_status(b, ns=None, admin=None) -> dict:
+    """`causeway tunnel status --json`, run where the gateway's admin endpoint is."""
+    args = [str(causeway_bin()), "tunnel", "status", "--json", "--admin", admin or b.admin]
+    if ns is not None:
+        args = b.sites.exec(ns, *args)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=20, check=True)
+    return json.loads(r.stdout)
+
+
+def onprem_create_topic(b, topic, partitions):
+    subprocess.run(b.sites.exec(b.sites.onprem, str(tansu_bin()), "topic", "create", topic, "--partitions",
+                                str(partitions), "--broker", f"tcp://{ONPREM_BROKER}"),
+                   check=True, capture_output=True, timeout=30)
+
+
+def onprem_produce(b, topic, partition, values: list[str]):
+    """kcat, inside the onprem namespace, through the on-prem Causeway (Debian's
+    kcat cannot read tansu's own ApiVersions answer)."""
+    r = subprocess.run(b.sites.exec(b.sites.onprem, kcat(), "-b", ONPREM_LOCAL, "-P", "-t", topic, "-p",
+                                    str(partition), "-z", "gzip"),
+                       input="\n".join(values) + "\n", text=True, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def onprem_read(b, topic, partition, count) -> list[tuple[int, str]]:
+    """(offset, value) read by kcat inside the onprem namespace, on-prem."""
+    r = subprocess.run(b.sites.exec(b.sites.onprem, kcat(), "-b", ONPREM_LOCAL, "-C", "-t", topic, "-p",
+                                    str(partition), "-o", "beginning", "-c", str(count), "-e", "-f", "%o %s\\n"),
+                       check=True, capture_output=True, text=True, timeout=60)
+    return [(int(o), v) for o, v in (line.split(" ", 1) for line in r.stdout.splitlines())]
+
+
+def test_the_cloud_cannot_dial_onprem_yet_reads_and_writes_through_the_tunnel(bridge):
+    b = bridge
+    # The broker is there (onprem reaches it), but a direct connection from the
+    # cloud side is dropped by the firewall.
+    assert b.sites.can_connect(b.sites.onprem, ONPREM_IP, 19092)
+    dropped = b.sites.dropped()
+    assert not b.sites.can_connect(b.sites.cloud, ONPREM_IP, 19092, timeout=2)
+    assert b.sites.dropped() > dropped
+
+    topic = name("orders")
+    onprem_create_topic(b, topic, 2)
+    values = [f"onprem-{i}" for i in range(300)]
+    onprem_produce(b, topic, 0, values)
+
+    # A cloud client reads the on-prem topic through the cloud gateway.
+    got = read_partition(b.addr, topic, 0)
+    assert [(o, v) for o, _, v, _ in got] == [(i, v.encode()) for i, v in enumerate(values)]
+    # ... with a second client library too.
+    assert [(o, v) for o, _, v, _ in consume_kafka_python(b.addr, topic, 0, 300)][-1] == (299, b"onprem-299")
+
+    # A cloud client writes to the on-prem topic; the records land on-prem.
+    produce_confluent(b.addr, topic, records(50, "cloud"), codec="lz4", partition=1)
+    landed = onprem_read(b, topic, 1, 50)
+    assert [o for o, _ in landed] == list(range(50))
+    assert [v for _, v in landed] == [v.decode() for _, v, _ in records(50, "cloud")]
+
+    # Both sides show the connections; the cloud side names the peer by its certificate.
+    cloud = tunnel_status(b)
+    assert cloud["role"] == "cloud"
+    peers = {c["peer"] for c in cloud["connections"]}
+    assert peers == {PEER}
+    assert all(c["state"] == "connected" and c["clusters"] == ["onprem"] for c in cloud["connections"])
+    assert len(cloud["connections"]) == 2  # `connections` defaults to 2
+    onprem = tunnel_status(b, ns=b.sites.onprem, admin="127.0.0.1:9644")
+    assert onprem["role"] == "on-prem"
+    assert [c["state"] for c in onprem["connections"]] == ["connected", "connected"]
+    assert all(c["rtt_ms"] is not None for c in onprem["connections"])
+
+    metrics = metrics_of(b)
+    assert metrics.get(f'causeway_tunnel_streams_total{{cluster="onprem",outcome="ok"}}', 0) >= 1
+    assert any(k.startswith("causeway_tunnel_rtt_seconds{") for k in metrics)
+    assert any(k.startswith(f'causeway_tunnel_received_bytes_total{{peer="{PEER}"') and v > 0 for k, v in metrics.items())
+
+
+def metrics_of(b) -> dict[str, float]:
+    status, _, text = admin_call(b, "GET", "/metrics")
+    assert status == 200
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def mirrored_to(b, mirror) -> dict[int, int]:
+    status, body, text = admin_call(b, "GET", f"/mirrors/{mirror}")
+    assert status == 200, text
+    return {p["partition"]: p["mirrored_to"] for p in body["partitions"]}, body["state"]
+
+
+def test_a_mirror_over_the_tunnel_survives_a_cut_link_with_nothing_lost_or_repeated(bridge):
+    b = bridge
+    status, _, text = admin_call(b, "POST", "/links", {
+        "name": "bridge", "source": "onprem", "destination": "cloud",
+        "config": {"cluster.link.prefix": "dr."},
+    })
+    assert status == 201, text
+    topic = name("events")
+    onprem_create_topic(b, topic, 2)
+    for p in (0, 1):
+        onprem_produce(b, topic, p, [f"before-{p}-{i}" for i in range(400)])
+    status, body, text = admin_call(b, "POST", "/mirrors", {"topic": topic, "link": "bridge"})
+    assert status == 201, text
+    mirror = body["name"]
+    wait_for(lambda: mirrored_to(b, mirror) == ({0: 400, 1: 400}, "ACTIVE"), 60, "the first records mirrored")
+
+    # The WAN goes away for longer than the idle timeout: the connections die.
+    b.sites.link(up=False)
+    try:
+        for p in (0, 1):
+            onprem_produce(b, topic, p, [f"during-{p}-{i}" for i in range(300)])
+        wait_for(lambda: tunnel_status(b)["connections"] == [], 15, "the cloud side to see the connections gone")
+        time.sleep(2)
+    finally:
+        b.sites.link(up=True)
+    for p in (0, 1):
+        onprem_produce(b, topic, p, [f"after-{p}-{i}" for i in range(100)])
+
+    # The on-prem side dials again by itself, and the mirror catches up.
+    wait_for(lambda: len(tunnel_status(b)["connections"]) == 2, 30, "the on-prem side to reconnect")
+    wait_for(lambda: mirrored_to(b, mirror) == ({0: 800, 1: 800}, "ACTIVE"), 90, "the mirror to catch up")
+
+    # Every record exactly once, at its source offset.
+    source = read_partitions(b.addr, topic, [0, 1])
+    copy = read_partitions(b.addr, mirror, [0, 1])
+    for p in (0, 1):
+        assert len(source[p]) == 800
+        assert copy[p] == source[p], f"partition {p} differs"
+        values = [v.decode() for _, _, v, _ in copy[p]]
+        assert values[400] == f"during-{p}-0" and values[-1] == f"after-{p}-99"
+    onprem = tunnel_status(b, ns=b.sites.onprem, admin="127.0.0.1:9644")
+    assert sum(c["reconnects"] for c in onprem["connections"]) >= 2
+    assert metrics_of(b).get(f'causeway_tunnel_peers_refused_total{{reason="identity"}}', 0) == 0
+
+
+@pytest.mark.parametrize("cert,ca,reason", [("forged", "ca", "handshake"), ("intruder", "ca", "identity")])
+def test_a_peer_with_a_wrong_certificate_gets_nothing(bridge, cert, ca, reason):
+    """`forged` claims the right name under another CA; `intruder` has a good
+    certificate whose identity is not in [[tunnel.peers]]."""
+    b = bridge
+    # The forged certificate's key is the forger's; the CA it trusts is fine.
+    port = 9192 if cert == "forged" else 9292
+    key = f'causeway_tunnel_peers_refused_total{{reason="{reason}"}}'
+    before = metrics_of(b).get(key, 0)
+    rogue = b.gateway(b.sites.onprem, f"rogue-{cert}", onprem_config(b.certs, cert, ca, port), "127.0.0.1", port)
+    try:
+        wait_for(lambda: metrics_of(b).get(key, 0) >= before + 2, 20, f"the cloud side to refuse {cert}")
+        status = tunnel_status(b, ns=b.sites.onprem, admin=f"127.0.0.1:{port + 552}")
+        assert all(c["state"] != "connected" for c in status["connections"])
+        assert all(c["last_error"] for c in status["connections"])
+        # The cloud side still lists only the real peer.
+        assert {c["peer"] for c in tunnel_status(b)["connections"]} == {PEER}
+    finally:
+        rogue.close()
+    assert "tunnel peer refused" in b.cloud.output()
+
+
+def test_tunnel_config_mistakes_are_named():
+    certs = Path(tempfile.mkdtemp(prefix="causeway-bridge-check-"))
+    make_ca(certs, "ca")
+    make_cert(certs, "gw", "/O=Causeway Tests/CN=gw", "ca", server=True)
+    head = '[gateway]\nlisten = "127.0.0.1:9092"\n[clusters.local]\nbootstrap = ["127.0.0.1:19092"]\n'
+    both = head + f'[tunnel]\nlisten = "0.0.0.0:4433"\nconnect = ["c:4433"]\ncert = "{certs}/gw.pem"\nkey = "{certs}/gw-key.pem"\n'
+    r = causeway_check(both)
+    assert r.returncode == 1 and "tunnel.connect: a gateway is either the on-prem side" in r.stderr, r.stderr
+    onprem = head + (f'[tunnel]\nconnect = ["cloud:4433"]\ncert = "{certs}/gw.pem"\nkey = "{certs}/nope.pem"\n'
+                     f'ca = "{certs}/ca.pem"\nexpose = ["local", "ghost"]\nkeep_alive_ms = 40000\n')
+    r = causeway_check(onprem)
+    assert r.returncode == 1
+    for want in ("tunnel.expose: 'ghost' is not a cluster here", "tunnel.key: cannot read a PEM private key",
+                 "tunnel.keep_alive_ms: 40000 is not below idle_timeout_ms"):
+        assert want in r.stderr, r.stderr
+    cloud = head + (f'[tunnel]\nlisten = "0.0.0.0:4433"\ncert = "{certs}/gw.pem"\nkey = "{certs}/gw-key.pem"\n'
+                    '[clusters.remote]\nbootstrap = ["10.0.0.5:9092"]\ntunnel = true\n')
+    r = causeway_check(cloud)
+    assert r.returncode == 1
+    for want in ("tunnel.client_ca: required on the cloud side", "tunnel.peers: no peer may connect",
+                 "clusters.remote.tunnel: no [[tunnel.peers]] may expose 'remote'"):
+        assert want in r.stderr, r.stderr
+
+
+def test_the_example_bridge_configs_are_valid():
+    """config/bridge/{onprem,cloud}.toml check clean once their certificates exist."""
+    root = Path(__file__).resolve().parent.parent
+    work = Path(tempfile.mkdtemp(prefix="causeway-bridge-example-"))
+    certs = work / "certs"
+    certs.mkdir()
+    make_ca(certs, "bridge-ca")
+    make_cert(certs, "cloud", "/O=Acme/CN=cloud-gw.example.com", "bridge-ca", server=True)
+    make_cert(certs, "onprem", "/O=Acme/CN=onprem-a", "bridge-ca")
+    for side in ("onprem", "cloud"):
+        config = work / f"{side}.toml"
+        config.write_text((root / "config" / "bridge" / f"{side}.toml").read_text())
+        r = subprocess.run([str(causeway_bin()), "check", "--config", str(config)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
