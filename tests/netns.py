@@ -42,7 +42,11 @@ def sh(*args: str, check: bool = True, input: str | None = None, timeout: float 
 
 
 class Sites:
-    def __init__(self):
+    """`firewall`: drop new connections from the cloud side into onprem.
+    `delay_ms`: netem delay on each side of the WAN link (round trip: twice it)."""
+
+    def __init__(self, firewall: bool = True, delay_ms: float = 0):
+        self.firewall, self.delay_ms = firewall, delay_ms
         tag = os.getpid() % 100000
         self.onprem = f"cwon{tag}"
         self.cloud = f"cwcl{tag}"
@@ -69,6 +73,12 @@ class Sites:
             sh("ip", "-n", self.cloud, "addr", "add", f"{CLOUD_HOST_SIDE_IP}/24", "dev", self.cloud_host_if)
             sh("ip", "link", "set", self.host_if, "up")
             sh("ip", "-n", self.cloud, "link", "set", self.cloud_host_if, "up")
+            if self.delay_ms:
+                for ns, dev in ((self.onprem, self.onprem_if), (self.cloud, self.cloud_if)):
+                    sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+                       "delay", f"{self.delay_ms}ms", "limit", "100000")
+            if not self.firewall:
+                return
             # No inbound hole: anything new from the cloud side is dropped.
             rules = (
                 "table inet causeway_test {\n"

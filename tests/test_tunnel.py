@@ -169,7 +169,7 @@ def onprem_config(certs, cert, ca, port):
 
 def ready(b) -> bool:
     status, body, _ = admin_call(b, "GET", "/readyz")
-    return status == 200 and body.get("ready") is True
+    return status == 200 and body.get("ready") is True and body.get("degraded") is False
 
 
 def tunnel_status(b, ns=None, admin=None) -> dict:
@@ -311,6 +311,67 @@ def test_a_mirror_over_the_tunnel_survives_a_cut_link_with_nothing_lost_or_repea
     onprem = tunnel_status(b, ns=b.sites.onprem, admin="127.0.0.1:9644")
     assert sum(c["reconnects"] for c in onprem["connections"]) >= 2
     assert metrics_of(b).get(f'causeway_tunnel_peers_refused_total{{reason="identity"}}', 0) == 0
+
+
+def test_clients_ride_out_a_cut_link_with_nothing_lost_or_repeated(bridge):
+    """An idempotent producer and a consumer, both in the cloud, keep going
+    through the cloud gateway while the WAN is down for several seconds."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    b = bridge
+    topic = name("flaky")
+    onprem_create_topic(b, topic, 1)
+    total = 1500
+    producer = Producer({"bootstrap.servers": b.addr, "enable.idempotence": True, "linger.ms": 5,
+                         "message.timeout.ms": 120000})
+    delivered, errors = [], []
+
+    def report(err, msg):
+        (errors if err is not None else delivered).append(err or msg.offset())
+
+    received = []
+    stop = threading.Event()
+
+    def consume():
+        c = Consumer({"bootstrap.servers": b.addr, "group.id": name("reader"), "enable.auto.commit": False,
+                      "fetch.wait.max.ms": 100})
+        c.assign([TopicPartition(topic, 0, 0)])
+        try:
+            while not stop.is_set() and len(received) < total:
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    received.append((m.offset(), m.value()))
+        finally:
+            c.close()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    try:
+        for i in range(total):
+            producer.produce(topic, value=f"r{i}".encode(), partition=0, on_delivery=report)
+            producer.poll(0)
+            if i == total // 3:
+                b.sites.link(up=False)
+                cut = time.monotonic()
+            if i == 2 * total // 3:
+                # Keep the link down for several seconds in all.
+                time.sleep(max(0.0, 6 - (time.monotonic() - cut)))
+                b.sites.link(up=True)
+            time.sleep(0.002)
+        assert producer.flush(120) == 0
+        reader.join(90)
+    finally:
+        b.sites.link(up=True)
+        stop.set()
+        reader.join(10)
+    assert not errors, errors
+    # Every record once, in order, at consecutive offsets: on-prem and as read from the cloud.
+    want = [(i, f"r{i}".encode()) for i in range(total)]
+    assert sorted(delivered) == list(range(total))
+    assert received == want
+    assert [(o, v.encode()) for o, v in onprem_read(b, topic, 0, total)] == want
 
 
 @pytest.mark.parametrize("cert,ca,reason", [("forged", "ca", "handshake"), ("intruder", "ca", "identity")])

@@ -145,6 +145,18 @@ pub fn parse<T: DeserializeOwned + Bounded>(body: &[u8]) -> Result<T, FrameError
     Ok(message)
 }
 
+/// One message from the front of `buf` (length first), with the bytes it
+/// took; `Ended` when `buf` holds less than a whole message.
+pub fn decode<T: DeserializeOwned + Bounded>(buf: &[u8]) -> Result<(T, usize), FrameError> {
+    let Some((len, rest)) = buf.split_first_chunk::<4>() else { return Err(FrameError::Ended) };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong(len));
+    }
+    let body = rest.get(..len).ok_or(FrameError::Ended)?;
+    Ok((parse(body)?, 4 + len))
+}
+
 /// One message as it goes on the wire, length first.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     // Serializing these plain structs cannot fail; an empty body would be
@@ -224,5 +236,17 @@ mod tests {
         assert!(parse::<Open>(br#"{"cluster":"","addr":"h:1"}"#).is_err());
         let many = Hello { version: 1, clusters: vec!["c".into(); 300], slot: "s".into() };
         assert!(parse::<Hello>(&encode(&many)[4..]).is_err());
+    }
+
+    #[test]
+    fn decode_takes_one_message_off_the_front() {
+        let mut buf = encode(&Open { cluster: "c".into(), addr: "h:1".into() });
+        let first = buf.len();
+        buf.extend(encode(&Control::Drain));
+        let (open, used) = decode::<Open>(&buf).expect("an open");
+        assert_eq!((open.cluster.as_str(), used), ("c", first));
+        assert_eq!(decode::<Control>(&buf[used..]).expect("a control").0, Control::Drain);
+        assert!(matches!(decode::<Open>(&buf[..first - 1]), Err(FrameError::Ended)));
+        assert!(matches!(decode::<Open>(&[0xff; 8]), Err(FrameError::TooLong(_))));
     }
 }
