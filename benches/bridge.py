@@ -142,7 +142,11 @@ def main():
                 f.write(f"Skipped: {why}.\n\n")
         return
     began = time.perf_counter()
-    sites = netns.Sites(firewall=False, delay_ms=args.delay_ms)
+    try:
+        sites = netns.Sites(firewall=False, delay_ms=args.delay_ms)
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"cannot build the namespaces: {' '.join(e.cmd)}: {e.stderr.strip()}"
+                 + (" (this kernel has no netem: run without --delay-ms)" if "netem" in e.cmd else ""))
     certs = Path(tempfile.mkdtemp(prefix="causeway-bridge-bench-"))
     make_ca(certs, "ca")
     make_cert(certs, "cloud", "/O=Causeway Tests/CN=cloud", "ca", server=True)

@@ -29,6 +29,8 @@ printf '## Two clusters\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/multi.py --out "$out" "$@"
 printf '## Cluster linking\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/mirror.py --out "$out"
+printf '## Hybrid bridge: QUIC tunnel against plain TCP\n\n' >>"$out"
+"$root/.tools/venv/bin/python" benches/bridge.py --out "$out"
 # Per-record cost of record filters: each example component in the gateway's
 # plugin host against the same plugin source compiled natively.
 cargo build --release --locked --manifest-path benches/plugin-cost/Cargo.toml
