@@ -88,6 +88,7 @@ expose = ["onprem"]
 keep_alive_ms = 500
 idle_timeout_ms = 3000
 backoff_max_ms = 1000
+{extra}
 
 [clusters.onprem]
 bootstrap = ["{onprem_broker}"]
@@ -162,9 +163,9 @@ def bridge():
         sites.close()
 
 
-def onprem_config(certs, cert, ca, port):
+def onprem_config(certs, cert, ca, port, extra=""):
     return ONPREM_CONFIG.format(tunnel=TUNNEL, certs=certs, name=cert, ca=ca, port=port,
-                                admin_port=port + 552, onprem_broker=ONPREM_BROKER)
+                                admin_port=port + 552, onprem_broker=ONPREM_BROKER, extra=extra)
 
 
 def ready(b) -> bool:
@@ -372,6 +373,38 @@ def test_clients_ride_out_a_cut_link_with_nothing_lost_or_repeated(bridge):
     assert sorted(delivered) == list(range(total))
     assert received == want
     assert [(o, v.encode()) for o, v in onprem_read(b, topic, 0, total)] == want
+
+
+def test_a_second_onprem_gateway_shares_the_streams_and_drains_on_shutdown(bridge):
+    b = bridge
+    port = 9392
+    second = b.gateway(b.sites.onprem, "onprem-b", onprem_config(b.certs, "onprem-a", "ca", port,
+                                                                 extra="drain_timeout_ms = 1500"), "127.0.0.1", port)
+    try:
+        wait_for(lambda: len(tunnel_status(b)["connections"]) == 4, 20, "four connections from two on-prem gateways")
+        assert len({c["remote"] for c in tunnel_status(b)["connections"]}) == 2
+        topic = name("shared")
+        onprem_create_topic(b, topic, 3)
+        for p in range(3):
+            onprem_produce(b, topic, p, [f"{p}-{i}" for i in range(100)])
+        # Reading partitions on fresh connections spreads streams over both gateways.
+        for _ in range(3):
+            assert [len(v) for v in read_partitions(b.addr, topic, [0, 1, 2]).values()] == [100, 100, 100]
+        used = [c for c in tunnel_status(b, ns=b.sites.onprem, admin=f"127.0.0.1:{port + 552}")["connections"]]
+        assert all(c["state"] == "connected" for c in used)
+
+        # SIGTERM: the cloud side hears it is draining, the gateway leaves within its drain timeout.
+        t0 = time.monotonic()
+        second.proc.terminate()
+        second.proc.wait(timeout=10)
+        assert second.proc.returncode == 0
+        assert time.monotonic() - t0 < 6
+        wait_for(lambda: "tunnel peer draining" in b.cloud.output(), 10, "the cloud side to log the drain")
+        wait_for(lambda: len(tunnel_status(b)["connections"]) == 2, 20, "the drained gateway's connections gone")
+        # Clients carry on through the first on-prem gateway.
+        assert [len(v) for v in read_partitions(b.addr, topic, [0, 1, 2]).values()] == [100, 100, 100]
+    finally:
+        second.close()
 
 
 @pytest.mark.parametrize("cert,ca,reason", [("forged", "ca", "handshake"), ("intruder", "ca", "identity")])

@@ -39,6 +39,8 @@ struct Slot {
     /// The first stream, for telling the cloud side we drain.
     control: Option<quinn::SendStream>,
     clusters: Vec<String>,
+    /// Streams open on this slot's connections.
+    open_streams: Arc<AtomicU64>,
     reconnects: u64,
     last_error: Option<String>,
 }
@@ -49,7 +51,6 @@ pub struct Dialer {
     client: quinn::ClientConfig,
     backends: Backends,
     slots: Vec<Mutex<Slot>>,
-    open_streams: Arc<AtomicU64>,
     draining: AtomicBool,
 }
 
@@ -86,7 +87,6 @@ impl Dialer {
             client,
             backends,
             slots,
-            open_streams: Arc::new(AtomicU64::new(0)),
             draining: AtomicBool::new(false),
         })
     }
@@ -105,10 +105,10 @@ impl Dialer {
     }
 
     async fn run_slot(self: Arc<Self>, index: usize) {
-        let (name, target) = match self.slots.get(index) {
+        let (name, target, open_streams) = match self.slots.get(index) {
             Some(s) => {
                 let s = lock(s);
-                (s.name.clone(), s.target.clone())
+                (s.name.clone(), s.target.clone(), s.open_streams.clone())
             }
             None => return,
         };
@@ -132,7 +132,7 @@ impl Dialer {
                         s.last_error = None;
                     });
                     super::watch_stats(conn.clone(), target.clone(), name.clone());
-                    let reason = self.serve(conn).await;
+                    let reason = self.serve(conn, &open_streams).await;
                     if self.draining.load(Ordering::Acquire) {
                         self.set(index, |s| {
                             s.state = "closed";
@@ -206,12 +206,13 @@ impl Dialer {
     }
 
     /// Serves the streams the cloud side opens until the connection closes.
-    async fn serve(self: &Arc<Self>, conn: quinn::Connection) -> quinn::ConnectionError {
+    async fn serve(self: &Arc<Self>, conn: quinn::Connection, open_streams: &Arc<AtomicU64>) -> quinn::ConnectionError {
         loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
                     let dialer = self.clone();
-                    tokio::spawn(async move { dialer.stream(send, recv).await });
+                    let open_streams = open_streams.clone();
+                    tokio::spawn(async move { dialer.stream(send, recv, open_streams).await });
                 }
                 Err(e) => return e,
             }
@@ -219,7 +220,7 @@ impl Dialer {
     }
 
     /// One stream: read where to, check it, connect, then copy both ways.
-    async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, open_streams: Arc<AtomicU64>) {
         let open = match tokio::time::timeout(self.config.handshake_timeout(), frame::read::<Open, _>(&mut recv)).await {
             Ok(Ok(open)) => open,
             Ok(Err(e)) => {
@@ -253,7 +254,7 @@ impl Dialer {
             return;
         }
         telemetry::tunnel_stream(&open.cluster, "ok");
-        let mut stream = super::cloud::Counted::new(tokio::io::join(recv, send), self.open_streams.clone());
+        let mut stream = super::cloud::Counted::new(tokio::io::join(recv, send), open_streams);
         let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut broker, COPY_BUFFER, COPY_BUFFER).await;
     }
 
@@ -296,7 +297,7 @@ impl Dialer {
                     state: s.state,
                     clusters: s.clusters.clone(),
                     connected_for_ms: s.since.map(|t| t.elapsed().as_millis() as u64),
-                    open_streams: self.open_streams.load(Ordering::Relaxed),
+                    open_streams: s.open_streams.load(Ordering::Relaxed),
                     reconnects: s.reconnects,
                     last_error: s.last_error.clone(),
                     ..ConnStatus::default()
@@ -318,7 +319,8 @@ impl Dialer {
             let _ = frame::write(&mut control, &Control::Drain).await;
         }
         let deadline = Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
-        while Instant::now() < deadline && self.open_streams.load(Ordering::Relaxed) > 0 {
+        let open = || self.slots.iter().map(|s| lock(s).open_streams.load(Ordering::Relaxed)).sum::<u64>();
+        while Instant::now() < deadline && open() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.endpoint.close(0u32.into(), b"shutting down");
