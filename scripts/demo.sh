@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The local demo: installs what it needs, builds Causeway, starts two tansu clusters
 # ("onprem" on 127.0.0.1:19092, "cloud" on 127.0.0.1:29092) and Causeway in front of
-# both on 127.0.0.1:9092 (admin on 9644) with the routes in config/demo.toml, then
+# both on 127.0.0.1:9092 (admin on 9644) with the routes in config/demo.toml. The
+# onprem cluster is reached through the hybrid bridge: a second, "on-prem" Causeway
+# (127.0.0.1:9093) dials out over QUIC to the first (UDP 127.0.0.1:4433) with
+# certificates made here, and the first reaches onprem through that tunnel. Then
 # creates topics, produces and consumes through the one endpoint (a pii-mask plugin
 # masks card numbers on payments.*), and shows on each backend where the records
 # landed; then two tenants (a tenant-router plugin) share the cloud cluster, each
@@ -24,7 +27,7 @@ causeway="$CARGO_TARGET_DIR/release/causeway"
 components="$("$root/scripts/build-plugins.sh" --print-out-dir)"
 tansu="$root/.tools/bin/tansu"
 
-for port in 9092 9644 19092 29092; do
+for port in 9092 9093 9644 9645 19092 29092; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "demo: port $port is in use; stop whatever listens there and retry" >&2
     exit 1
@@ -47,12 +50,41 @@ for cluster in onprem:19092 cloud:29092; do
   pids+=($!)
 done
 
+say "making a CA and certificates for the bridge (openssl): cloud side for localhost, on-prem side CN=onprem-demo"
+certs="$logs/certs"
+mkdir -p "$certs"
+(
+  cd "$certs"
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca.pem -days 7 -subj "/O=Causeway Demo/CN=demo-ca" 2>/dev/null
+  openssl req "${ec[@]}" -keyout cloud-key.pem -out cloud.csr -subj "/O=Causeway Demo/CN=localhost" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >cloud.ext
+  openssl x509 -req -in cloud.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cloud.pem -days 7 -extfile cloud.ext 2>/dev/null
+  openssl req "${ec[@]}" -keyout onprem-key.pem -out onprem.csr -subj "/O=Causeway Demo/CN=onprem-demo" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >onprem.ext
+  openssl x509 -req -in onprem.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out onprem.pem -days 7 -extfile onprem.ext 2>/dev/null
+)
+ls "$certs"/*.pem
+
 say "starting Causeway on 127.0.0.1:9092 (admin on 127.0.0.1:9644) with config/demo.toml"
-# config/demo.toml plus a record filter: card numbers in payments.* never reach a
-# backend; and a router: clients whose id reads tenant-NAME-... get topics of their
-# own, stored on the cloud cluster as NAME.<topic>.
+# config/demo.toml with the onprem cluster reached through the tunnel, the
+# tunnel's listener, a record filter (card numbers in payments.* never reach a
+# backend) and a router (clients whose id reads tenant-NAME-... get topics of
+# their own, stored on the cloud cluster as NAME.<topic>).
 config="$logs/demo.toml"
-cat config/demo.toml - >"$config" <<TOML
+{
+  sed '/^\[clusters.onprem\]/a tunnel = true' config/demo.toml
+  cat <<TOML
+
+[tunnel]
+listen = "127.0.0.1:4433"
+cert = "$certs/cloud.pem"
+key = "$certs/cloud-key.pem"
+client_ca = "$certs/ca.pem"
+
+[[tunnel.peers]]
+identity = "CN=onprem-demo,O=Causeway Demo"
+clusters = ["onprem"]
 
 [[plugins]]
 name = "pii-mask"
@@ -68,14 +100,43 @@ kind = "router"
 path = "$components/tenant-router.wasm"
 config = '{"cluster": "cloud", "match": "client-id"}'
 TOML
+} >"$config"
 "$causeway" check --config "$config"
 "$causeway" run --config "$config" >"$logs/causeway.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:9644/readyz >/dev/null 2>&1 && break
+
+say "starting the on-prem Causeway on 127.0.0.1:9093: it dials out to 127.0.0.1:4433 and exposes onprem"
+cat >"$logs/onprem.toml" <<TOML
+[gateway]
+listen = "127.0.0.1:9093"
+
+[admin]
+listen = "127.0.0.1:9645"
+
+[tunnel]
+connect = ["127.0.0.1:4433"]
+server_name = "localhost"
+cert = "$certs/onprem.pem"
+key = "$certs/onprem-key.pem"
+ca = "$certs/ca.pem"
+expose = ["onprem"]
+
+[clusters.onprem]
+bootstrap = ["127.0.0.1:19092"]
+TOML
+"$causeway" check --config "$logs/onprem.toml"
+"$causeway" run --config "$logs/onprem.toml" >"$logs/causeway-onprem.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do
+  # Ready with both clusters: onprem answers through the tunnel.
+  curl -sf http://127.0.0.1:9644/readyz 2>/dev/null | grep -q '"degraded":false' && break
   sleep 0.1
 done
 curl -s http://127.0.0.1:9644/readyz
+
+say "the bridge from both ends (causeway tunnel status)"
+"$causeway" tunnel status --admin 127.0.0.1:9644
+"$causeway" tunnel status --admin 127.0.0.1:9645
 
 say "the routes in force (GET http://127.0.0.1:9644/routes)"
 curl -s http://127.0.0.1:9644/routes
@@ -207,7 +268,7 @@ printf 'o6:order six, written after the failover\n' | kcat -b 127.0.0.1:9092 -P 
 kcat -b 127.0.0.1:9092 -C -t orders.eu -p 0 -o beginning -e -f 'orders.eu partition %p offset %o  %k: %s\n' 2>/dev/null
 
 say "gateway metrics (excerpt of http://127.0.0.1:9644/metrics)"
-curl -s http://127.0.0.1:9644/metrics | grep -E '^causeway_(requests_total|backend_cluster_up|mirror_lag_records)' | sort | head -18
+curl -s http://127.0.0.1:9644/metrics | grep -E '^causeway_(requests_total|backend_cluster_up|mirror_lag_records|tunnel_rtt_seconds)' | sort | head -20
 
 if $once; then
   say "demo done"
@@ -218,12 +279,13 @@ cat <<TXT
   bootstrap.servers=127.0.0.1:9092
 
   kcat -b 127.0.0.1:9092 -L
-  kcat -b 127.0.0.1:9092 -P -t orders.eu          # lands on onprem (19092)
+  kcat -b 127.0.0.1:9092 -P -t orders.eu          # lands on onprem (19092), through the tunnel
   kcat -b 127.0.0.1:9092 -C -t greetings -o beginning   # lives on cloud (29092)
   curl http://127.0.0.1:9644/routes
   curl http://127.0.0.1:9644/metrics
   $causeway link list --admin 127.0.0.1:9644
   $causeway mirror list --admin 127.0.0.1:9644
+  $causeway tunnel status --admin 127.0.0.1:9644
 
 Logs: $logs   (Ctrl-C stops the demo)
 TXT

@@ -68,4 +68,8 @@ def test_demo_runs_end_to_end():
     # Partition 0 read through the switched route: the mirror's records, then o6 after them.
     before = [line for line in out.split("failing over")[0].splitlines() if line.startswith("orders.eu partition 0 ")]
     assert f"orders.eu partition 0 offset {len(before)}  o6: order six, written after the failover" in after
+    # The onprem cluster was reached through the bridge the whole time.
+    assert "role: cloud" in out and "role: on-prem" in out
+    assert out.count("CN=onprem-demo,O=Causeway Demo") >= 2  # two connections, by identity
+    assert '"degraded":false' in out
     assert "demo done" in out
