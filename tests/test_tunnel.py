@@ -12,6 +12,8 @@ skip with the reason where those are missing.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -404,6 +406,89 @@ def test_a_second_onprem_gateway_shares_the_streams_and_drains_on_shutdown(bridg
         # Clients carry on through the first on-prem gateway.
         assert [len(v) for v in read_partitions(b.addr, topic, [0, 1, 2]).values()] == [100, 100, 100]
     finally:
+        second.close()
+
+
+def fetch_frame(topic: str, partition: int, offset: int, max_wait_ms: int) -> bytes:
+    """Fetch v4 (sessionless): one partition from `offset`, long-polling up to max_wait_ms."""
+    name = topic.encode()
+    body = struct.pack(">iiiib", -1, max_wait_ms, 1, 1 << 20, 0)
+    body += struct.pack(">ih", 1, len(name)) + name
+    body += struct.pack(">iiqi", 1, partition, offset, 1 << 20)
+    payload = struct.pack(">hhih", 1, 4, 7, 5) + b"tests" + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def fetch_answer(s: socket.socket) -> tuple[int, int, bytes]:
+    """(error code, base offset of the first batch or -1, record bytes) of a Fetch v4 answer."""
+    def exactly(n):
+        out = b""
+        while len(out) < n:
+            chunk = s.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError(f"closed after {len(out)} of {n} bytes")
+            out += chunk
+        return out
+
+    (size,) = struct.unpack(">i", exactly(4))
+    frame = exactly(size)
+    at = 4 + 4 + 4  # correlation id, throttle time, topic count
+    (n,) = struct.unpack_from(">h", frame, at)
+    at += 2 + n + 4  # topic name, partition count
+    _, error, _, _ = struct.unpack_from(">ihqq", frame, at)
+    at += 22
+    (aborted,) = struct.unpack_from(">i", frame, at)
+    at += 4 + max(aborted, 0) * 16
+    (length,) = struct.unpack_from(">i", frame, at)
+    recs = frame[at + 4:at + 4 + max(length, 0)]
+    base = struct.unpack_from(">q", recs)[0] if len(recs) >= 8 else -1
+    return error, base, recs
+
+
+def test_reads_and_idempotent_writes_in_flight_on_a_lost_connection_are_sent_again(bridge):
+    """An on-prem gateway dies with long-poll fetches in flight on its
+    connections: the cloud side sends them again over the other gateway's, and
+    every client gets its records, not an error."""
+    b = bridge
+    port = 9392
+    second = b.gateway(b.sites.onprem, "onprem-b", onprem_config(b.certs, "onprem-a", "ca", port),
+                       "127.0.0.1", port)
+    sockets = []
+    try:
+        wait_for(lambda: len(tunnel_status(b)["connections"]) == 4, 20, "four connections from two on-prem gateways")
+        topic = name("lost")
+        onprem_create_topic(b, topic, 1)
+        onprem_produce(b, topic, 0, [f"before-{i}" for i in range(5)])
+        resent = lambda outcome: metrics_of(b).get(  # noqa: E731
+            f'causeway_backend_resends_total{{cluster="onprem",outcome="{outcome}"}}', 0)
+        before = resent("answered"), resent("failed")
+        # More sessions than the idle pool holds: new streams, spread over all four connections.
+        host, cport = b.addr.split(":")
+        for _ in range(40):
+            s = socket.create_connection((host, int(cport)), timeout=5)
+            s.settimeout(30)
+            s.sendall(fetch_frame(topic, 0, 5, 10_000))
+            sockets.append(s)
+        time.sleep(1.5)
+        busy = sum(c["open_streams"] for c in tunnel_status(b, ns=b.sites.onprem,
+                                                       admin=f"127.0.0.1:{port + 552}")["connections"])
+        assert busy > 0, "no stream went through the second gateway"
+
+        second.proc.kill()  # no goodbye: the cloud side finds out at the idle timeout
+        second.proc.wait(timeout=10)
+        produce_confluent(b.addr, topic, records(1, "after-the-loss"),
+                          extra={"enable.idempotence": True, "message.timeout.ms": 30000})
+        answers = [fetch_answer(s) for s in sockets]
+        assert [(e, base) for e, base, _ in answers] == [(0, 5)] * len(sockets)
+        assert all(b"value-after-the-loss-0-" in recs for _, _, recs in answers)
+        assert resent("answered") > before[0], "no request was sent again"
+        assert resent("failed") == before[1]
+        # Nothing written twice: the record is there once, at offset 5.
+        assert [v for _, v in onprem_read(b, topic, 0, 6)][5] == "value-after-the-loss-0-"
+        assert len(onprem_read(b, topic, 0, 100)) == 6
+    finally:
+        for s in sockets:
+            s.close()
         second.close()
 
 

@@ -20,6 +20,7 @@ const CONNECTIONS_REFUSED: &str = "causeway_client_connections_refused_total";
 const IDLE_CLOSED: &str = "causeway_client_idle_closed_total";
 const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
 const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
+const BACKEND_RESENDS: &str = "causeway_backend_resends_total";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
 const CLUSTER_UP: &str = "causeway_backend_cluster_up";
 const PLUGIN_CALLS: &str = "causeway_plugin_calls_total";
@@ -88,6 +89,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(PLUGIN_COUNTER, Unit::Count, "Counters plugins keep through the host interface.");
     describe_gauge!(BACKEND_CONNECTIONS, Unit::Count, "Open backend connections, by cluster.");
     describe_counter!(BACKEND_ERRORS, Unit::Count, "Backend failures, by cluster and kind.");
+    describe_counter!(
+        BACKEND_RESENDS,
+        Unit::Count,
+        "Requests sent again on a new connection after theirs was lost (clusters behind the tunnel), by outcome (answered, failed)."
+    );
     describe_counter!(
         METADATA_REFRESHES,
         Unit::Count,
@@ -234,6 +240,10 @@ pub fn backend_connection_closed(cluster: &str) {
 
 pub fn backend_error(cluster: &str, kind: &'static str) {
     counter!(BACKEND_ERRORS, "cluster" => cluster.to_string(), "kind" => kind).increment(1);
+}
+
+pub fn backend_resent(cluster: &str, outcome: &'static str) {
+    counter!(BACKEND_RESENDS, "cluster" => cluster.to_string(), "outcome" => outcome).increment(1);
 }
 
 pub fn metadata_refreshed(cluster: &str) {

@@ -464,6 +464,11 @@ impl Cluster {
                 }
             }
         }
+        self.dial(broker, identity, addr).await
+    }
+
+    /// A new connection to `broker` at `addr`, logged in as `identity`.
+    async fn dial(&self, broker: i32, identity: usize, addr: String) -> Result<BrokerConn, BackendError> {
         // A broker that just refused or timed out is not dialled again for a while:
         // clients get their retriable error at once instead of after another
         // connect timeout each.
@@ -514,6 +519,29 @@ impl Cluster {
                 list.push(conn);
             }
         }
+    }
+
+    /// Whether a request that is safe to send twice goes out again on a new
+    /// connection when its own is lost before the answer arrives. Behind the
+    /// tunnel one QUIC connection of several can drop while the others carry
+    /// on, so the request is answered instead of failing back to the client.
+    pub fn resends_lost_requests(&self) -> bool {
+        self.config.tunnel
+    }
+
+    /// Sends `frame` again on a new connection logged in as `identity`, after
+    /// the one it was on was lost; the connection then joins the pool.
+    pub async fn resend(&self, broker: i32, identity: usize, frame: bytes::Bytes) -> Result<Response, BackendError> {
+        let addr = self.broker_addr(broker).ok_or(BackendError::UnknownBroker(broker))?;
+        let conn = self.dial(broker, identity, addr).await?;
+        let reply = conn.send(frame).await?;
+        conn.flush().await?;
+        let outcome = match reply.await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Disconnected { addr: conn.addr().to_string() }),
+        };
+        self.checkin_as(broker, identity, conn);
+        outcome
     }
 
     /// Sends a request on a connection of its own (pooled), apart from any client

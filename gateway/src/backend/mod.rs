@@ -138,6 +138,15 @@ pub enum Lane {
     Fetch,
 }
 
+/// Which requests [`SessionConns::send_safe`] sends again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Any request lost with its connection.
+    Always,
+    /// Only one that was alone on its connection.
+    IfAlone,
+}
+
 /// The backend connections of one client session.
 pub struct SessionConns {
     backends: Backends,
@@ -221,6 +230,50 @@ impl SessionConns {
         let reply = conn.send(frame).await?;
         self.mark_dirty((broker, lane));
         Ok(reply)
+    }
+
+    /// Like [`SessionConns::send_on`], for a request that is safe to send twice:
+    /// a read by offset, or a produce whose producer id and sequence numbers let
+    /// the broker recognise a repeat. On a cluster that
+    /// [resends lost requests](Cluster::resends_lost_requests), a request whose
+    /// connection is lost before the answer goes out once more on a new
+    /// connection, and the caller sees only that second answer (or its failure).
+    ///
+    /// `when` says which requests qualify: a produce only when it was the
+    /// only request on its connection, so a resent batch can never land
+    /// behind a later batch of the same producer (those fail back to the
+    /// client, which resends them in order after this one's answer).
+    pub async fn send_safe(&mut self, broker: BrokerRef, lane: Lane, frame: Bytes, when: Resend) -> Result<Reply, BackendError> {
+        let cluster = match self.backends.cluster(broker.cluster) {
+            Some(c) if c.resends_lost_requests() => c.clone(),
+            _ => return self.send_on(broker, lane, frame).await,
+        };
+        let alone = self.get(broker, lane).await?.in_flight() == 0;
+        if when == Resend::IfAlone && !alone {
+            return self.send_on(broker, lane, frame).await;
+        }
+        let sent = match self.send_on(broker, lane, frame.clone()).await {
+            // The connection died under the write: a new one takes the request.
+            Err(BackendError::Disconnected { .. }) => self.send_on(broker, lane, frame.clone()).await?,
+            other => other?,
+        };
+        let identity = self.conns.get(&(broker, lane)).map_or(0, |(identity, _)| *identity);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let lost = match sent.await {
+                Ok(Err(BackendError::Disconnected { addr })) => addr,
+                Err(_) => String::new(),
+                Ok(answer) => {
+                    let _ = tx.send(answer);
+                    return;
+                }
+            };
+            tracing::info!(cluster = %cluster.name, broker = %lost, "connection lost with a request in flight; sending it again on a new one");
+            let again = cluster.resend(broker.node, identity, frame).await;
+            crate::telemetry::backend_resent(&cluster.name, if again.is_ok() { "answered" } else { "failed" });
+            let _ = tx.send(again);
+        });
+        Ok(rx)
     }
 
     /// Writes a request that gets no response.

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::handlers::{await_reply, code};
 use super::session::Answer;
 use super::{Gateway, ProxyError};
-use crate::backend::{BrokerRef, Cluster, SessionConns};
+use crate::backend::{BrokerRef, Cluster, Lane, Resend, SessionConns};
 use crate::codec::{batches, encode_response, Request};
 use super::routes::ClientRoutes;
 use crate::authz::{Operation, Resource};
@@ -196,6 +196,11 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     /// on); whether anything changed.
     fn authorize_answer(_resp: &mut Self::Resp, _routes: &ClientRoutes) -> bool {
         false
+    }
+    /// Whether the request may go out again on a new backend connection when
+    /// its own is lost before the answer (see [`SessionConns::send_safe`]).
+    fn resend(&self) -> Option<Resend> {
+        None
     }
     /// Whether the request writes records or deletes them: refused on a mirror
     /// topic until it is promoted or failed over.
@@ -573,7 +578,10 @@ pub async fn route<T: Split>(
         };
         let names = if renamed { names.reversed() } else { Names::default() };
         let outcome = if expects {
-            conns.send(*broker, frame).await.map(Some)
+            match body.resend() {
+                Some(when) => conns.send_safe(*broker, Lane::General, frame, when).await.map(Some),
+                None => conns.send(*broker, frame).await.map(Some),
+            }
         } else {
             conns.send_oneway(*broker, frame).await.map(|()| None)
         };
@@ -878,6 +886,16 @@ impl Split for ProduceRequest {
         }
     }
 
+    /// Batches that all carry a producer id: a broker that already has one
+    /// answers the repeat with its first answer instead of writing it twice.
+    fn resend(&self) -> Option<Resend> {
+        let mut parts = self.topic_data.iter().flat_map(|t| t.partition_data.iter());
+        let identified = parts.all(|p| {
+            p.records.as_ref().and_then(|r| batches::producer(r)).is_some_and(|(id, _)| id >= 0)
+        });
+        identified.then_some(Resend::IfAlone)
+    }
+
     fn idempotent_producer(&self) -> Option<(i64, i16)> {
         if self.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
             return None;
@@ -915,6 +933,12 @@ impl Split for ProduceRequest {
 
 impl Split for FetchRequest {
     type Resp = FetchResponse;
+
+    /// Sessionless reads by offset (see `prepare`): the same either time.
+    fn resend(&self) -> Option<Resend> {
+        Some(Resend::Always)
+    }
+
     const WHAT: &'static str = "Fetch request";
     const RESP_WHAT: &'static str = "Fetch response";
     const OPERATION: Option<Operation> = Some(Operation::Read);
@@ -1191,6 +1215,11 @@ macro_rules! simple_split {
             const RESP_WHAT: &'static str = $resp_what;
             const OPERATION: Option<Operation> = Some($op);
             const WRITES: bool = $writes;
+
+            /// Reads by offset, and deletions below an offset: the same either time.
+            fn resend(&self) -> Option<Resend> {
+                Some(Resend::Always)
+            }
 
             fn prepare(&mut self, _version: i16) -> bool {
                 let f: fn(&mut $req) -> bool = $prep;

@@ -315,9 +315,15 @@ impl Dialer {
     pub async fn drain(&self) {
         self.draining.store(true, Ordering::Release);
         let controls: Vec<quinn::SendStream> = self.slots.iter().filter_map(|s| lock(s).control.take()).collect();
+        let mut told = Vec::with_capacity(controls.len());
         for mut control in controls {
-            let _ = frame::write(&mut control, &Control::Drain).await;
+            if frame::write(&mut control, &Control::Drain).await.is_ok() && control.finish().is_ok() {
+                told.push(control.stopped());
+            }
         }
+        // The cloud side must have the message before the connection closes,
+        // or it would learn of the drain only from the close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(told)).await;
         let deadline = Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
         let open = || self.slots.iter().map(|s| lock(s).open_streams.load(Ordering::Relaxed)).sum::<u64>();
         while Instant::now() < deadline && open() > 0 {
