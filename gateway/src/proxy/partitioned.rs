@@ -1358,7 +1358,7 @@ simple_split!(
     operation: Operation::Delete,
     failed: |p| p.low_watermark = -1,
     request partition: kafka_protocol::messages::delete_records_request::DeleteRecordsPartition, writes: true,
-    mirror request: |p, s| p.offset = moved(p.offset, -s),
+    mirror request: |p, s| p.offset = moved(p.offset, s.saturating_neg()),
     mirror answer: |p, s| p.low_watermark = moved(p.low_watermark, s),
     prepare: |_| false
 );
@@ -1366,6 +1366,19 @@ simple_split!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `route` fuzz target: a shift of i64::MIN negated overflowed.
+    #[test]
+    fn a_mirror_shift_at_the_end_of_i64_saturates() {
+        use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+        let mut req = DeleteRecordsRequest::default().with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(kafka_protocol::messages::TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(0).with_offset(7)])]);
+        assert!(req.mirror_request(&|_, _| Some(i64::MIN)));
+        assert_eq!(req.topics[0].partitions[0].offset, i64::MAX);
+        assert!(req.mirror_request(&|_, _| Some(i64::MAX)));
+        assert_eq!(req.topics[0].partitions[0].offset, 0);
+    }
 
     #[test]
     fn a_client_never_fetches_or_lists_offsets_as_a_follower() {
