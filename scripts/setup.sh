@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh machine: the tansu broker,
-# the Python clients (confluent-kafka/librdkafka, kafka-python, aiokafka, pytest),
+# the Python clients (confluent-kafka/librdkafka, kafka-python, aiokafka, pytest;
+# aioquic for the bridge's handshake-flood test),
 # kcat and kafkajs. Idempotent: a second run only checks.
 #
 # Everything lands in .tools/ inside the checkout (a Python venv and node_modules)

@@ -15,6 +15,7 @@ import json
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -512,6 +513,61 @@ def test_a_peer_with_a_wrong_certificate_gets_nothing(bridge, cert, ca, reason):
     finally:
         rogue.close()
     assert "tunnel peer refused" in b.cloud.output()
+
+
+def refused(b, reason) -> float:
+    return metrics_of(b).get(f'causeway_tunnel_peers_refused_total{{reason="{reason}"}}', 0)
+
+
+def test_a_handshake_flood_gets_stateless_retries_and_the_real_peer_keeps_working(bridge):
+    """Sixteen connections with an accepted certificate that never say hello hold
+    every handshake slot; the next ones must first prove their address with a
+    stateless retry, then still connect, and the registered peer carries on."""
+    b = bridge
+    retries = refused(b, "retry")
+    silent = lambda: refused(b, "hello") + refused(b, "timeout")  # noqa: E731
+    before = silent()
+    topic = name("flood")
+    onprem_create_topic(b, topic, 1)
+    onprem_produce(b, topic, 0, ["during the flood"])
+    flood = subprocess.Popen(
+        b.sites.exec(b.sites.onprem, sys.executable, str(Path(__file__).with_name("quic_flood.py")),
+                     CLOUD_IP, "4433", str(b.certs / "onprem-a.pem"), str(b.certs / "onprem-a-key.pem"),
+                     str(b.certs / "ca.pem"), "16", "4", "2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The peer that said hello is untouched while the flood holds the slots.
+        wait_for(lambda: refused(b, "retry") - retries >= 4, 20, "four stateless retries")
+        assert [(o, v) for o, _, v, _ in read_partition(b.addr, topic, 0)] == [(0, b"during the flood")]
+        out, err = flood.communicate(timeout=60)
+    finally:
+        flood.kill()
+    assert flood.returncode == 0, err
+    result = json.loads(out)
+    # Retried is not refused: the later wave proved its address and connected.
+    assert result == {"connected": {"first": 16, "then": 4}, "errors": []}
+    # None of them ever became a peer; each is refused for saying no hello.
+    assert len(tunnel_status(b)["connections"]) == 2
+    wait_for(lambda: silent() - before == 20, 30, "the silent connections refused")
+
+
+def test_a_peer_may_expose_only_the_clusters_its_identity_allows(bridge):
+    """onprem-a may expose "onprem" only. A gateway with its certificate that offers
+    "cloud" (the cloud side's own cluster's name) is refused and never a peer."""
+    b = bridge
+    port = 9492
+    before = refused(b, "clusters")
+    text = onprem_config(b.certs, "onprem-a", "ca", port).replace(
+        'expose = ["onprem"]', 'expose = ["cloud"]').replace("[clusters.onprem]", "[clusters.cloud]")
+    rogue = b.gateway(b.sites.onprem, "onprem-hijack", text, "127.0.0.1", port)
+    try:
+        wait_for(lambda: refused(b, "clusters") > before, 20, "the cloud side to refuse the cluster")
+        assert "may not expose this cluster" in b.cloud.output()
+        assert "the cloud side refused to take this cluster" in rogue.output()
+        status = tunnel_status(b)["connections"]
+        assert len(status) == 2 and all(c["clusters"] == ["onprem"] for c in status)
+    finally:
+        rogue.close()
 
 
 def test_tunnel_config_mistakes_are_named():

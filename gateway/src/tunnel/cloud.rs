@@ -169,6 +169,10 @@ impl Registry {
         }
         let _ = frame::write(&mut send, &Welcome { accepted: accepted.clone(), refused }).await;
         if accepted.is_empty() {
+            // Let the peer read why before the connection goes.
+            if send.finish().is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            }
             conn.close(CLOSE_NOT_ALLOWED.into(), b"no cluster allowed");
             return Err(("clusters", format!("{identity} exposes no cluster it may")));
         }
