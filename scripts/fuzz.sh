@@ -22,6 +22,9 @@ cd "$root/gateway"
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   echo "[fuzz] $t for ${seconds}s" >&2
+  # Built first, on its own: a target that no longer compiles must fail the
+  # run, not vanish in the filtered output below.
+  cargo fuzz build -O "$t"
   cargo fuzz run -O "$t" -- -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=0 2>&1 |
     grep -E '^(Done|==|SUMMARY)|panicked' || true
   # cargo fuzz exits non-zero on a crash; grep above swallowed it, so check artifacts.

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             let version = i16::from(selector / 3 % 7);
             if let Ok(mut m) = FindCoordinatorResponse::decode(&mut body.clone(), version) {
-                rewrite::find_coordinator(&mut m, &gw);
+                rewrite::find_coordinator(&mut m, &gw, version);
                 let mut out = bytes::BytesMut::new();
                 let _ = m.encode(&mut out, version);
             }
