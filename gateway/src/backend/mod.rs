@@ -232,17 +232,16 @@ impl SessionConns {
         Ok(reply)
     }
 
-    /// Like [`SessionConns::send_on`], for a request that is safe to send twice:
-    /// a read by offset, or a produce whose producer id and sequence numbers let
-    /// the broker recognise a repeat. On a cluster that
+    /// Like [`SessionConns::send_on`], for a request that is safe to send twice
+    /// (a read by offset; writes are not resent: a resent batch could land
+    /// behind a later batch of the same producer sent meanwhile on the
+    /// session's new connection). On a cluster that
     /// [resends lost requests](Cluster::resends_lost_requests), a request whose
     /// connection is lost before the answer goes out once more on a new
     /// connection, and the caller sees only that second answer (or its failure).
     ///
-    /// `when` says which requests qualify: a produce only when it was the
-    /// only request on its connection, so a resent batch can never land
-    /// behind a later batch of the same producer (those fail back to the
-    /// client, which resends them in order after this one's answer).
+    /// `when` says which requests qualify: every one, or only one that was
+    /// alone on its connection when sent.
     pub async fn send_safe(&mut self, broker: BrokerRef, lane: Lane, frame: Bytes, when: Resend) -> Result<Reply, BackendError> {
         let cluster = match self.backends.cluster(broker.cluster) {
             Some(c) if c.resends_lost_requests() => c.clone(),
@@ -268,6 +267,10 @@ impl SessionConns {
                     return;
                 }
             };
+            // Nobody waits for the answer any more (the client left): nothing to send.
+            if tx.is_closed() {
+                return;
+            }
             tracing::info!(cluster = %cluster.name, broker = %lost, "connection lost with a request in flight; sending it again on a new one");
             let again = cluster.resend(broker.node, identity, frame).await;
             crate::telemetry::backend_resent(&cluster.name, if again.is_ok() { "answered" } else { "failed" });

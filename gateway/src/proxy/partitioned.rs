@@ -886,16 +886,6 @@ impl Split for ProduceRequest {
         }
     }
 
-    /// Batches that all carry a producer id: a broker that already has one
-    /// answers the repeat with its first answer instead of writing it twice.
-    fn resend(&self) -> Option<Resend> {
-        let mut parts = self.topic_data.iter().flat_map(|t| t.partition_data.iter());
-        let identified = parts.all(|p| {
-            p.records.as_ref().and_then(|r| batches::producer(r)).is_some_and(|(id, _)| id >= 0)
-        });
-        identified.then_some(Resend::IfAlone)
-    }
-
     fn idempotent_producer(&self) -> Option<(i64, i16)> {
         if self.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
             return None;
@@ -1216,9 +1206,10 @@ macro_rules! simple_split {
             const OPERATION: Option<Operation> = Some($op);
             const WRITES: bool = $writes;
 
-            /// Reads by offset, and deletions below an offset: the same either time.
+            /// Reads by offset: the same either time. Not DeleteRecords: "up to
+            /// the high watermark" may mean more records the second time.
             fn resend(&self) -> Option<Resend> {
-                Some(Resend::Always)
+                (!$writes).then_some(Resend::Always)
             }
 
             fn prepare(&mut self, _version: i16) -> bool {
