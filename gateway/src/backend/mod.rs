@@ -138,15 +138,6 @@ pub enum Lane {
     Fetch,
 }
 
-/// Which requests [`SessionConns::send_safe`] sends again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resend {
-    /// Any request lost with its connection.
-    Always,
-    /// Only one that was alone on its connection.
-    IfAlone,
-}
-
 /// The backend connections of one client session.
 pub struct SessionConns {
     backends: Backends,
@@ -239,18 +230,11 @@ impl SessionConns {
     /// [resends lost requests](Cluster::resends_lost_requests), a request whose
     /// connection is lost before the answer goes out once more on a new
     /// connection, and the caller sees only that second answer (or its failure).
-    ///
-    /// `when` says which requests qualify: every one, or only one that was
-    /// alone on its connection when sent.
-    pub async fn send_safe(&mut self, broker: BrokerRef, lane: Lane, frame: Bytes, when: Resend) -> Result<Reply, BackendError> {
+    pub async fn send_safe(&mut self, broker: BrokerRef, lane: Lane, frame: Bytes) -> Result<Reply, BackendError> {
         let cluster = match self.backends.cluster(broker.cluster) {
             Some(c) if c.resends_lost_requests() => c.clone(),
             _ => return self.send_on(broker, lane, frame).await,
         };
-        let alone = self.get(broker, lane).await?.in_flight() == 0;
-        if when == Resend::IfAlone && !alone {
-            return self.send_on(broker, lane, frame).await;
-        }
         let sent = match self.send_on(broker, lane, frame.clone()).await {
             // The connection died under the write: a new one takes the request.
             Err(BackendError::Disconnected { .. }) => self.send_on(broker, lane, frame.clone()).await?,

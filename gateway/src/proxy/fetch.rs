@@ -31,7 +31,7 @@ use super::handlers::{await_reply, code};
 use super::partitioned::{moved, plan, shift_of, Names, Place, Positions, Split, TopicKey};
 use super::session::Answer;
 use super::{Gateway, ProxyError};
-use crate::backend::{BrokerRef, Lane, Resend, SessionConns};
+use crate::backend::{BrokerRef, Lane, SessionConns};
 use crate::codec::{encode_response, Request};
 use super::routes::ClientRoutes;
 
@@ -159,7 +159,7 @@ pub async fn route(
                 }
                 let frame = req.reencode(&part, FetchRequest::WHAT)?;
                 let back = if renamed { names.reversed() } else { Names::default() };
-                match conns.send_safe(*broker, Lane::Fetch, frame, Resend::Always).await {
+                match conns.send_safe(*broker, Lane::Fetch, frame).await {
                     Ok(reply) => {
                         let gw = gw.clone();
                         let broker = *broker;

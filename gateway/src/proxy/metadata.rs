@@ -21,7 +21,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::handlers::{await_reply, code, forward_rewritten, GROUP};
 use super::session::Answer;
 use super::{rewrite, Gateway, ProxyError};
-use crate::backend::{BrokerRef, Cluster, Lane, Reply, Resend, SessionConns};
+use crate::backend::{BrokerRef, Cluster, Lane, Reply, SessionConns};
 use crate::codec::{encode_response, Request};
 use super::routes::ClientRoutes;
 use crate::authz::{Operation, Resource};
@@ -134,7 +134,7 @@ pub async fn metadata(
                 }
                 req.reencode(&sub, "Metadata request")?
             };
-            match conns.send_safe(broker, Lane::General, frame, Resend::Always).await {
+            match conns.send_safe(broker, Lane::General, frame).await {
                 Ok(reply) => Some(reply),
                 Err(e) if gw.backends.clusters.len() == 1 => return Err(e.into()),
                 Err(_) => None,

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::handlers::{await_reply, code};
 use super::session::Answer;
 use super::{Gateway, ProxyError};
-use crate::backend::{BrokerRef, Cluster, Lane, Resend, SessionConns};
+use crate::backend::{BrokerRef, Cluster, Lane, SessionConns};
 use crate::codec::{batches, encode_response, Request};
 use super::routes::ClientRoutes;
 use crate::authz::{Operation, Resource};
@@ -199,8 +199,8 @@ pub trait Split: Decodable + Encodable + Sized + Send + 'static {
     }
     /// Whether the request may go out again on a new backend connection when
     /// its own is lost before the answer (see [`SessionConns::send_safe`]).
-    fn resend(&self) -> Option<Resend> {
-        None
+    fn resend(&self) -> bool {
+        false
     }
     /// Whether the request writes records or deletes them: refused on a mirror
     /// topic until it is promoted or failed over.
@@ -578,9 +578,10 @@ pub async fn route<T: Split>(
         };
         let names = if renamed { names.reversed() } else { Names::default() };
         let outcome = if expects {
-            match body.resend() {
-                Some(when) => conns.send_safe(*broker, Lane::General, frame, when).await.map(Some),
-                None => conns.send(*broker, frame).await.map(Some),
+            if body.resend() {
+                conns.send_safe(*broker, Lane::General, frame).await.map(Some)
+            } else {
+                conns.send(*broker, frame).await.map(Some)
             }
         } else {
             conns.send_oneway(*broker, frame).await.map(|()| None)
@@ -925,8 +926,8 @@ impl Split for FetchRequest {
     type Resp = FetchResponse;
 
     /// Sessionless reads by offset (see `prepare`): the same either time.
-    fn resend(&self) -> Option<Resend> {
-        Some(Resend::Always)
+    fn resend(&self) -> bool {
+        true
     }
 
     const WHAT: &'static str = "Fetch request";
@@ -1208,8 +1209,8 @@ macro_rules! simple_split {
 
             /// Reads by offset: the same either time. Not DeleteRecords: "up to
             /// the high watermark" may mean more records the second time.
-            fn resend(&self) -> Option<Resend> {
-                (!$writes).then_some(Resend::Always)
+            fn resend(&self) -> bool {
+                !$writes
             }
 
             fn prepare(&mut self, _version: i16) -> bool {
