@@ -23,8 +23,13 @@ pub(crate) trait Masking {
 /// The masked document and how many values were masked; `None` when there
 /// is nothing to mask or `doc` is not JSON.
 pub(crate) fn rewrite(doc: &[u8], masking: &impl Masking) -> Option<(Vec<u8>, u64)> {
+    // UTF-8 is checked once for the whole document: one long pass costs less
+    // than one per string, and every string then slices this text.
+    let text = std::str::from_utf8(doc).ok()?;
     let mut r = Rewriter {
         src: doc,
+        text,
+        controls: has_controls(doc),
         at: 0,
         copied: 0,
         out: Vec::new(),
@@ -43,6 +48,10 @@ pub(crate) fn rewrite(doc: &[u8], masking: &impl Masking) -> Option<(Vec<u8>, u6
 
 struct Rewriter<'a, M> {
     src: &'a [u8],
+    /// `src` as text (checked UTF-8).
+    text: &'a str,
+    /// Whether `src` holds any byte below 0x20 (which a string may not).
+    controls: bool,
     at: usize,
     /// `src[..copied]` is already in `out` (or replaced there).
     copied: usize,
@@ -210,19 +219,30 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         Some(())
     }
 
+    /// How many bytes from `at` are plain string text: up to a quote, a
+    /// backslash or a control character.
+    fn plain_run(&self, at: usize) -> Option<usize> {
+        let rest = &self.src[at..];
+        if self.controls {
+            rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        } else {
+            memchr::memchr2(b'"', b'\\', rest)
+        }
+    }
+
     /// A string's text, unescaped; borrowed when it has no escapes.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.at;
         let src = self.src;
         // The plain run, up to the closing quote or the first escape.
-        let run = src[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let run = self.plain_run(start)?;
         let mut end = start + run;
         if src[end] == b'"' {
             self.at = end + 1;
-            return std::str::from_utf8(&src[start..end]).ok().map(Cow::Borrowed);
+            return self.text.get(start..end).map(Cow::Borrowed);
         }
-        let mut text = String::from(std::str::from_utf8(&src[start..end]).ok()?);
+        let mut text = String::from(self.text.get(start..end)?);
         loop {
             match *src.get(end)? {
                 b'"' => {
@@ -265,13 +285,19 @@ impl<'a, M: Masking> Rewriter<'a, M> {
                 }
                 b if b < 0x20 => return None,
                 _ => {
-                    let run = src[end..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-                    text.push_str(std::str::from_utf8(&src[end..end + run]).ok()?);
+                    let run = self.plain_run(end)?;
+                    text.push_str(self.text.get(end..end + run)?);
                     end += run;
                 }
             }
         }
     }
+}
+
+/// Whether `doc` holds a byte below 0x20 (a loop without branches, which the
+/// compiler turns into vector code).
+fn has_controls(doc: &[u8]) -> bool {
+    doc.iter().fold(0u8, |any, &b| any | u8::from(b < 0x20)) != 0
 }
 
 /// Exactly four hex digits (`from_str_radix` would also take a sign).
@@ -367,7 +393,7 @@ mod tests {
             let Some(prefix) = doc.get(..end) else { continue };
             let serde_ok = serde_json::from_str::<serde_json::Value>(prefix).is_ok();
             let ours = {
-                let mut r = Rewriter { src: prefix.as_bytes(), at: 0, copied: 0, out: Vec::new(), masked: 0, masking: &Words };
+                let mut r = Rewriter { src: prefix.as_bytes(), text: prefix, controls: has_controls(prefix.as_bytes()), at: 0, copied: 0, out: Vec::new(), masked: 0, masking: &Words };
                 r.ws();
                 r.value(0).is_some() && {
                     r.ws();
