@@ -184,6 +184,11 @@ pub fn engine(max_memory_mb: u32) -> anyhow::Result<Engine> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // For plugin authors: `perf` then names each plugin function (see the
+    // plugin guide, "Profiling").
+    if std::env::var_os("CAUSEWAY_PLUGIN_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(dir) = cache_dir() {
         let mut cache = CacheConfig::new();
         cache.with_directory(&dir);
