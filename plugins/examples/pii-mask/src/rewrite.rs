@@ -115,12 +115,17 @@ impl<'a, M: Masking> Rewriter<'a, M> {
             return self.literal(b"null");
         }
         let start = self.at;
-        // Detected spans inside are moot: the whole value goes.
-        let (out_len, copied, masked) = (self.out.len(), self.copied, self.masked);
-        self.value(depth)?;
-        self.out.truncate(out_len);
-        self.copied = copied;
-        self.masked = masked;
+        // Detected spans inside are moot: the whole value goes. A string (the
+        // usual case) is only checked, not searched.
+        if self.peek()? == b'"' {
+            self.string()?;
+        } else {
+            let (out_len, copied, masked) = (self.out.len(), self.copied, self.masked);
+            self.value(depth)?;
+            self.out.truncate(out_len);
+            self.copied = copied;
+            self.masked = masked;
+        }
         self.replace(start, self.masking.mask());
         Some(())
     }
