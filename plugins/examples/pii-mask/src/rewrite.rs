@@ -226,6 +226,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
 
     /// How many bytes from `at` are plain string text: up to a quote, a
     /// backslash or a control character.
+    #[inline(always)]
     fn plain_run(&self, at: usize) -> Option<usize> {
         let rest = &self.src[at..];
         if self.controls {
@@ -235,18 +236,26 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         }
     }
 
-    /// A string's text, unescaped; borrowed when it has no escapes.
+    /// A string's text, unescaped; borrowed when it has no escapes. Inlined:
+    /// every call of a function costs a deadline check in the sandbox.
+    #[inline(always)]
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.at;
-        let src = self.src;
         // The plain run, up to the closing quote or the first escape.
-        let run = self.plain_run(start)?;
-        let mut end = start + run;
-        if src[end] == b'"' {
+        let end = start + self.plain_run(start)?;
+        if self.src[end] == b'"' {
             self.at = end + 1;
             return self.text.get(start..end).map(Cow::Borrowed);
         }
+        self.escaped_string(start, end)
+    }
+
+    /// The rest of a string from its first escape (or control byte) at `end`.
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize, mut end: usize) -> Option<Cow<'a, str>> {
+        let src = self.src;
         let mut text = String::from(self.text.get(start..end)?);
         loop {
             match *src.get(end)? {
