@@ -1,7 +1,9 @@
 //! Kafka's record format (v2, KIP-98), as the `record-batch` of the WIT carries
 //! it: read in the sandbox without copying, and written by the test harness.
 
-use crate::record_filter::{Header, KafkaRecord, Record, RecordBatch};
+use crate::record_filter::{Record, RecordBatch};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::record_filter::{Header, KafkaRecord};
 
 /// Reads every record of `batches`, in order, borrowing from them. A record
 /// that does not parse, or a batch whose records do not fill it exactly,
@@ -142,6 +144,8 @@ fn long_varint(buf: &mut &[u8]) -> Result<i64, &'static str> {
     Err("a number longer than ten bytes")
 }
 
+// Writing batches is for the native test harness only; a plugin never does.
+#[cfg(not(target_arch = "wasm32"))]
 fn put_varint(out: &mut Vec<u8>, value: i64) {
     let mut raw = ((value << 1) ^ (value >> 63)) as u64;
     while raw >= 0x80 {
@@ -151,6 +155,7 @@ fn put_varint(out: &mut Vec<u8>, value: i64) {
     out.push(raw as u8);
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {
         None => put_varint(out, -1),
@@ -162,6 +167,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 }
 
 /// `records` as one batch at `base_offset`, the way the gateway hands them in.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn write(records: &[KafkaRecord], base_offset: i64) -> RecordBatch {
     let base_timestamp = records.first().map_or(0, |r| r.timestamp);
     let mut out = Vec::new();
