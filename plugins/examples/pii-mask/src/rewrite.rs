@@ -25,17 +25,7 @@ pub(crate) trait Masking {
 pub(crate) fn rewrite(doc: &[u8], masking: &impl Masking) -> Option<(Vec<u8>, u64)> {
     // UTF-8 is checked once for the whole document: one long pass costs less
     // than one per string, and every string then slices this text.
-    let text = std::str::from_utf8(doc).ok()?;
-    let mut r = Rewriter {
-        src: doc,
-        text,
-        controls: has_controls(doc),
-        at: 0,
-        copied: 0,
-        out: Vec::new(),
-        masked: 0,
-        masking,
-    };
+    let mut r = Rewriter::new(std::str::from_utf8(doc).ok()?, masking);
     r.ws();
     r.value(0)?;
     r.ws();
@@ -47,10 +37,9 @@ pub(crate) fn rewrite(doc: &[u8], masking: &impl Masking) -> Option<(Vec<u8>, u6
 }
 
 struct Rewriter<'a, M> {
-    src: &'a [u8],
-    /// `src` as text (checked UTF-8).
+    /// The document (checked UTF-8); [`Rewriter::src`] is its bytes.
     text: &'a str,
-    /// Whether `src` holds any byte below 0x20 (which a string may not).
+    /// Whether the document holds any byte below 0x20 (which a string may not).
     controls: bool,
     at: usize,
     /// `src[..copied]` is already in `out` (or replaced there).
@@ -61,8 +50,24 @@ struct Rewriter<'a, M> {
 }
 
 impl<'a, M: Masking> Rewriter<'a, M> {
+    fn new(text: &'a str, masking: &'a M) -> Self {
+        Rewriter {
+            text,
+            controls: has_controls(text.as_bytes()),
+            at: 0,
+            copied: 0,
+            out: Vec::new(),
+            masked: 0,
+            masking,
+        }
+    }
+
+    fn src(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     fn peek(&self) -> Option<u8> {
-        self.src.get(self.at).copied()
+        self.src().get(self.at).copied()
     }
 
     fn ws(&mut self) {
@@ -80,9 +85,9 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         if self.out.capacity() == 0 {
             // One allocation for most documents: masks are rarely much longer
             // than what they replace.
-            self.out.reserve(self.src.len() + 64);
+            self.out.reserve(self.text.len() + 64);
         }
-        self.out.extend_from_slice(&self.src[self.copied..start]);
+        self.out.extend_from_slice(&self.src()[self.copied..start]);
         write_string(&mut self.out, text);
         self.copied = self.at;
         self.masked += 1;
@@ -189,7 +194,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
-        (self.src.get(self.at..end)? == word).then(|| self.at = end)
+        (self.src().get(self.at..end)? == word).then(|| self.at = end)
     }
 
     fn digits(&mut self) -> usize {
@@ -228,7 +233,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
     /// backslash or a control character.
     #[inline(always)]
     fn plain_run(&self, at: usize) -> Option<usize> {
-        let rest = &self.src[at..];
+        let rest = &self.src()[at..];
         if self.controls {
             rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         } else {
@@ -244,7 +249,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         let start = self.at;
         // The plain run, up to the closing quote or the first escape.
         let end = start + self.plain_run(start)?;
-        if self.src[end] == b'"' {
+        if self.src()[end] == b'"' {
             self.at = end + 1;
             return self.text.get(start..end).map(Cow::Borrowed);
         }
@@ -255,7 +260,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
     #[cold]
     #[inline(never)]
     fn escaped_string(&mut self, start: usize, mut end: usize) -> Option<Cow<'a, str>> {
-        let src = self.src;
+        let src = self.src();
         let mut text = String::from(self.text.get(start..end)?);
         loop {
             match *src.get(end)? {
@@ -407,7 +412,7 @@ mod tests {
             let Some(prefix) = doc.get(..end) else { continue };
             let serde_ok = serde_json::from_str::<serde_json::Value>(prefix).is_ok();
             let ours = {
-                let mut r = Rewriter { src: prefix.as_bytes(), text: prefix, controls: has_controls(prefix.as_bytes()), at: 0, copied: 0, out: Vec::new(), masked: 0, masking: &Words };
+                let mut r = Rewriter::new(prefix, &Words);
                 r.ws();
                 r.value(0).is_some() && {
                     r.ws();
