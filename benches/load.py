@@ -96,14 +96,14 @@ def produce_throughput(addr, topic, count, size, partitions, client_id="rdkafka"
     return count * size / elapsed / 1e6, elapsed
 
 
-def consume_throughput(addr, topic, count, size, partitions, client_id="rdkafka"):
+def consume_throughput(addr, topic, count, size, partitions, client_id="rdkafka", partition_fetch_bytes=10_485_760):
     c = Consumer({
         "bootstrap.servers": addr,
         "client.id": client_id,
         "group.id": f"bench-{topic}",
         "enable.auto.commit": False,
         "fetch.max.bytes": 52_428_800,
-        "max.partition.fetch.bytes": 10_485_760,
+        "max.partition.fetch.bytes": partition_fetch_bytes,
         "queued.max.messages.kbytes": 1_048_576,
     })
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
@@ -162,6 +162,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rate", type=int, default=1000, help="records/s for the latency run")
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the latency run")
+    ap.add_argument("--partition-fetch-bytes", type=int, default=10_485_760,
+                    help="the consumer's max.partition.fetch.bytes: how much of one partition a fetch answer carries")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--no-plugin", action="store_true",
                     help="skip the targets with plugins (they need scripts/build-plugins.sh)")
@@ -230,7 +232,8 @@ def main():
                 c0 = cpu_seconds(pid) if pid else 0.0
                 b0, me0 = cpu_seconds(broker.process.pid()), cpu_seconds(os.getpid())
                 pmb, pel = produce_throughput(addr, topic, args.count, args.size, args.partitions, client_id)
-                cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions, client_id)
+                cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions, client_id,
+                                              args.partition_fetch_bytes)
                 cpu = (cpu_seconds(pid) - c0) if pid else 0.0
                 broker_cores = (cpu_seconds(broker.process.pid()) - b0) / (pel + cel)
                 client_cores = (cpu_seconds(os.getpid()) - me0) / (pel + cel)
@@ -273,7 +276,7 @@ def main():
     direct_p99 = med("direct", "p99")
     lines = [
         f"Workload: {args.count} records of {args.size} B over {args.partitions} partitions, "
-        f"acks=all, no compression; latency at {args.rate} records/s for {args.seconds:g} s, linger 0. "
+        f"acks=all, no compression; consumer max.partition.fetch.bytes {args.partition_fetch_bytes}; latency at {args.rate} records/s for {args.seconds:g} s, linger 0. "
         f"Median of {args.rounds} interleaved rounds; ratios are medians of same-round pairs. Client: librdkafka (confluent-kafka). "
         f"Machine: {os.cpu_count()} cores, broker, proxy and client on the same host.",
         "",
