@@ -25,8 +25,6 @@
 
 mod rewrite;
 
-use std::borrow::Cow;
-
 use causeway_plugin_sdk::{count, BatchContext, Record, RecordFilter, Verdict};
 use serde::Deserialize;
 
@@ -60,7 +58,8 @@ pub struct PiiMask {
     quoted_fields: Vec<memchr::memmem::Finder<'static>>,
     email: bool,
     card: bool,
-    mask: String,
+    /// The mask as it is written inside a JSON string (escaped, unquoted).
+    mask_json: Vec<u8>,
 }
 
 impl RecordFilter for PiiMask {
@@ -76,7 +75,10 @@ impl RecordFilter for PiiMask {
                 "pii-mask config: empty field name in `fields`: {f:?}"
             ));
         }
+        let mut mask_json = Vec::with_capacity(config.mask.len());
+        rewrite::escape_into(&mut mask_json, config.mask.as_bytes());
         Ok(PiiMask {
+            mask_json,
             quoted_fields: config
                 .fields
                 .iter()
@@ -85,7 +87,6 @@ impl RecordFilter for PiiMask {
             fields: config.fields,
             email: config.detect.contains(&Detector::Email),
             card: config.detect.contains(&Detector::Card),
-            mask: config.mask,
         })
     }
 
@@ -115,17 +116,18 @@ impl PiiMask {
     /// The masked value and how many values were masked, or `None` to pass it.
     fn mask_record(&self, record: &Record) -> Option<(Vec<u8>, u64)> {
         let value = record.value?;
-        if !self.may_hold_pii(value) {
+        let scan = rewrite::scan(value);
+        if !self.may_hold_pii(value, scan) {
             return None;
         }
-        rewrite::rewrite(value, self)
+        rewrite::rewrite(value, scan, self)
     }
 
     /// A cheap look at the raw bytes before parsing: most records hold none of
     /// the fields and nothing a detector could match. Escaped text (`\u0065`)
     /// could hide a field name, so anything with a backslash is parsed.
-    fn may_hold_pii(&self, value: &[u8]) -> bool {
-        memchr::memchr(b'\\', value).is_some()
+    fn may_hold_pii(&self, value: &[u8], scan: rewrite::Scan) -> bool {
+        scan.backslash
             || self.quoted_fields.iter().any(|f| f.find(value).is_some())
             || (self.email && memchr::memchr(b'@', value).is_some())
             || (self.card && digits(value) >= CARD_MIN_DIGITS)
@@ -133,24 +135,32 @@ impl PiiMask {
 }
 
 impl rewrite::Masking for PiiMask {
-    fn masks_field(&self, key: &str) -> bool {
-        self.fields.iter().any(|f| f == key)
+    fn masks_field(&self, key: &[u8]) -> bool {
+        self.fields.iter().any(|f| f.as_bytes() == key)
     }
 
-    fn mask_text(&self, text: &str) -> Option<(String, u64)> {
-        let mut out = Cow::Borrowed(text);
-        let mut n = 0;
+    /// E-mail addresses first; card numbers are looked for in the text
+    /// between them (the digits of an address's local part are not a card).
+    #[inline(always)]
+    fn find_spans(&self, text: &[u8], mut span: impl FnMut(usize, usize)) {
+        let mut gap = 0;
         if self.email {
-            n += replace_spans(&mut out, find_emails, &self.mask);
+            find_emails(text, |start, end| {
+                if self.card {
+                    let from = gap;
+                    find_cards(&text[from..start], |s, e| span(from + s, from + e));
+                }
+                span(start, end);
+                gap = end;
+            });
         }
         if self.card {
-            n += replace_spans(&mut out, find_cards, &self.mask);
+            find_cards(&text[gap..], |s, e| span(gap + s, gap + e));
         }
-        (n > 0).then(|| (out.into_owned(), n))
     }
 
-    fn mask(&self) -> &str {
-        &self.mask
+    fn mask_json(&self) -> &[u8] {
+        &self.mask_json
     }
 }
 
@@ -158,24 +168,6 @@ impl rewrite::Masking for PiiMask {
 /// compiler turns into vector code.
 fn digits(bytes: &[u8]) -> usize {
     bytes.iter().map(|c| usize::from(c.is_ascii_digit())).sum()
-}
-
-/// Replaces the byte spans `find` returns (sorted, disjoint) with `mask`.
-fn replace_spans(s: &mut Cow<'_, str>, find: fn(&str) -> Vec<(usize, usize)>, mask: &str) -> u64 {
-    let spans = find(s);
-    if spans.is_empty() {
-        return 0;
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut at = 0;
-    for &(start, end) in &spans {
-        out.push_str(&s[at..start]);
-        out.push_str(mask);
-        at = end;
-    }
-    out.push_str(&s[at..]);
-    *s = Cow::Owned(out);
-    spans.len() as u64
 }
 
 fn is_local_char(b: u8) -> bool {
@@ -186,10 +178,9 @@ fn is_domain_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
 }
 
-/// Spans of `local@domain.tld` (ASCII; a TLD of two letters or more).
-fn find_emails(s: &str) -> Vec<(usize, usize)> {
-    let b = s.as_bytes();
-    let mut spans = Vec::new();
+/// Calls `span` with each `local@domain.tld` in `b`, in order (ASCII; a TLD
+/// of two letters or more).
+fn find_emails(b: &[u8], mut span: impl FnMut(usize, usize)) {
     let mut from = 0;
     while let Some(at) = memchr::memchr(b'@', &b[from..]).map(|i| from + i) {
         let mut start = at;
@@ -204,34 +195,33 @@ fn find_emails(s: &str) -> Vec<(usize, usize)> {
         while end > at + 1 && matches!(b[end - 1], b'.' | b'-') {
             end -= 1;
         }
-        let domain = &s[at + 1..end];
-        let valid_domain = domain.rsplit_once('.').is_some_and(|(host, tld)| {
-            host.split('.')
-                .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
+        let domain = &b[at + 1..end];
+        let valid_domain = domain.iter().rposition(|&c| c == b'.').is_some_and(|dot| {
+            let (host, tld) = (&domain[..dot], &domain[dot + 1..]);
+            host.split(|&c| c == b'.')
+                .all(|l| !l.is_empty() && l.first() != Some(&b'-') && l.last() != Some(&b'-'))
                 && tld.len() >= 2
-                && tld.bytes().all(|c| c.is_ascii_alphabetic())
+                && tld.iter().all(u8::is_ascii_alphabetic)
         });
         if start < at && valid_domain {
-            spans.push((start, end));
+            span(start, end);
             from = end;
         } else {
             from = at + 1;
         }
     }
-    spans
 }
 
 const CARD_MIN_DIGITS: usize = 13;
 const CARD_MAX_DIGITS: usize = 19;
 
-/// Spans of 13 to 19 digits, single spaces or dashes allowed between them,
-/// not touching other digits, that pass the Luhn check.
-fn find_cards(s: &str) -> Vec<(usize, usize)> {
-    let b = s.as_bytes();
-    let mut spans = Vec::new();
+/// Calls `span` with each run of 13 to 19 digits in `b` (single spaces or
+/// dashes allowed between them, not touching other digits) that passes the
+/// Luhn check, in order.
+fn find_cards(b: &[u8], mut span: impl FnMut(usize, usize)) {
     // Most strings hold too few digits for a card number.
     if b.len() < CARD_MIN_DIGITS || digits(b) < CARD_MIN_DIGITS {
-        return spans;
+        return;
     }
     let mut i = 0;
     while i < b.len() {
@@ -239,13 +229,21 @@ fn find_cards(s: &str) -> Vec<(usize, usize)> {
             i += 1;
             continue;
         }
-        // A run of digits with single separators between them.
+        // A run of digits with single separators between them, read once:
+        // which of its digits the Luhn check doubles depends on the run's
+        // length, so both sums are kept: `doubling` doubles the digits at
+        // positions of the parity of `count` from the left, `other` the rest.
         let start = i;
         let mut end = i;
         let mut count = 0;
+        let (mut doubling, mut other) = (0u32, 0u32);
         let mut j = i;
         while j < b.len() {
             if b[j].is_ascii_digit() {
+                let d = b[j] - b'0';
+                doubling += u32::from(DOUBLED[usize::from(d)]);
+                other += u32::from(d);
+                std::mem::swap(&mut doubling, &mut other);
                 count += 1;
                 j += 1;
                 end = j;
@@ -255,15 +253,21 @@ fn find_cards(s: &str) -> Vec<(usize, usize)> {
                 break;
             }
         }
-        if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&count) && luhn(&b[start..end]) {
-            spans.push((start, end));
+        // Luhn doubles every second digit from the right, starting with the
+        // next to last: those at positions of the parity of `count`.
+        if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&count) && doubling % 10 == 0 {
+            span(start, end);
         }
         i = end;
     }
-    spans
 }
 
-/// The Luhn check over the digits of `text` (other bytes are skipped).
+/// A digit doubled as the Luhn check does (`2d`, less 9 past 9).
+const DOUBLED: [u8; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+
+/// The Luhn check over the digits of `text` (other bytes are skipped), as
+/// written in its definition: the reference for [`find_cards`]'s one pass.
+#[cfg(test)]
 fn luhn(text: &[u8]) -> bool {
     let sum: u32 = text
         .iter()
@@ -382,22 +386,59 @@ mod tests {
         );
     }
 
+    fn emails(s: &str) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
+        find_emails(s.as_bytes(), |start, end| spans.push((start, end)));
+        spans
+    }
+
+    fn cards(s: &str) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
+        find_cards(s.as_bytes(), |start, end| spans.push((start, end)));
+        spans
+    }
+
+    #[test]
+    fn the_mask_is_escaped_where_it_is_written() {
+        let config = r#"{"fields":["ssn"],"detect":["email"],"mask":"<\"hidden\">"}"#;
+        let records = [KafkaRecord::new(r#"{"ssn":"1","m":"to a@b.io, \u0062@c.io"}"#)];
+        let verdicts = run_filter::<PiiMask>(config, &produce(), &records).expect("filter");
+        assert_eq!(
+            value_of(&verdicts[0]).as_deref(),
+            Some(r#"{"ssn":"<\"hidden\">","m":"to <\"hidden\">, <\"hidden\">"}"#)
+        );
+    }
+
     #[test]
     fn email_detector_edges() {
-        assert_eq!(find_emails("a@b.io"), vec![(0, 6)]);
-        assert_eq!(find_emails("@b.io x@ y@z q@host"), vec![]);
-        assert_eq!(find_emails("to: x@y.co, z@w.org."), vec![(4, 10), (12, 19)]);
-        assert_eq!(find_emails("a@-b.io a@b..io a@b.c0"), vec![]);
+        assert_eq!(emails("a@b.io"), vec![(0, 6)]);
+        assert_eq!(emails("@b.io x@ y@z q@host"), vec![]);
+        assert_eq!(emails("to: x@y.co, z@w.org."), vec![(4, 10), (12, 19)]);
+        assert_eq!(emails("a@-b.io a@b..io a@b.c0"), vec![]);
     }
 
     #[test]
     fn card_detector_edges() {
-        assert_eq!(find_cards("4111111111111111"), vec![(0, 16)]);
-        assert_eq!(find_cards("4111 1111 1111 1111"), vec![(0, 19)]);
+        assert_eq!(cards("4111111111111111"), vec![(0, 16)]);
+        assert_eq!(cards("4111 1111 1111 1111"), vec![(0, 19)]);
         // Too long, double separators, wrong checksum.
-        assert_eq!(find_cards("41111111111111111111111"), vec![]);
-        assert_eq!(find_cards("4111  1111 1111 1111"), vec![]);
-        assert_eq!(find_cards("4111111111111112"), vec![]);
+        assert_eq!(cards("41111111111111111111111"), vec![]);
+        assert_eq!(cards("4111  1111 1111 1111"), vec![]);
+        assert_eq!(cards("4111111111111112"), vec![]);
+    }
+
+    #[test]
+    fn the_one_pass_luhn_check_agrees_with_its_definition() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = CARD_MIN_DIGITS + (seed % 7) as usize;
+            let number: String = (0..len).map(|i| char::from(b'0' + ((seed >> (i * 3)) % 10) as u8)).collect();
+            let found = !cards(&number).is_empty();
+            assert_eq!(found, luhn(number.as_bytes()), "{number}");
+        }
     }
 
     #[test]
@@ -406,6 +447,29 @@ mod tests {
         let verdicts = run_filter::<PiiMask>(CONFIG, &BatchContext::fetch("customers"), &records)
             .expect("filter");
         assert_eq!(value_of(&verdicts[0]).as_deref(), Some(r#"{"ssn":"***"}"#));
+    }
+
+    #[test]
+    fn cards_are_looked_for_between_addresses() {
+        let p = PiiMask::init(r#"{"detect":["email","card"]}"#).expect("init");
+        let text = "4111111111111111 a@b.io 5500-0000-0000-0004 x4111111111111111@c.io 4111111111111111";
+        assert_eq!(
+            masked_text(&p, text),
+            Some(("*** *** *** *** ***".to_string(), 5))
+        );
+    }
+
+    /// `text` with what `p` finds replaced by the default mask.
+    fn masked_text(p: &PiiMask, text: &str) -> Option<(String, u64)> {
+        use rewrite::Masking;
+        let (mut out, mut at, mut n) = (String::new(), 0, 0);
+        p.find_spans(text.as_bytes(), |start, end| {
+            out.push_str(&text[at..start]);
+            out.push_str("***");
+            at = end;
+            n += 1;
+        });
+        (n > 0).then(|| (out + &text[at..], n))
     }
 
     /// The tree-based masking this plugin used before its one-pass rewrite:
@@ -417,11 +481,11 @@ mod tests {
             Value::Object(map) => map
                 .iter_mut()
                 .map(|(k, v)| {
-                    if p.masks_field(k) {
+                    if p.masks_field(k.as_bytes()) {
                         if v.is_null() {
                             0
                         } else {
-                            *v = Value::String(p.mask.clone());
+                            *v = Value::String("***".into());
                             1
                         }
                     } else {
@@ -430,7 +494,7 @@ mod tests {
                 })
                 .sum(),
             Value::Array(items) => items.iter_mut().map(|v| reference(p, v)).sum(),
-            Value::String(s) => match p.mask_text(s) {
+            Value::String(s) => match masked_text(p, s) {
                 Some((masked, n)) => {
                     *s = masked;
                     n
@@ -474,7 +538,7 @@ mod tests {
                 .expect("serialise");
             let mut expected = doc.clone();
             let n = reference(&p, &mut expected);
-            match rewrite::rewrite(text.as_bytes(), &p) {
+            match rewrite::rewrite(text.as_bytes(), rewrite::scan(text.as_bytes()), &p) {
                 Some((out, masked)) => {
                     let got: Value = serde_json::from_slice(&out).expect("the rewrite writes JSON");
                     assert_eq!((got, masked), (expected, n), "{text}");

@@ -3,6 +3,9 @@
 //! document with nothing to mask. The whole document is checked as it goes
 //! (RFC 8259 grammar, UTF-8, a depth limit): anything that is not JSON is left
 //! alone, as a parser would have refused it.
+//!
+//! A masked document costs one allocation, its copy: spans found inside a
+//! string without escapes are written straight from the source.
 
 use std::borrow::Cow;
 
@@ -11,34 +14,65 @@ const MAX_DEPTH: usize = 128;
 
 /// What decides which values are masked.
 pub(crate) trait Masking {
-    /// Whether the value under object key `key` (unescaped) is masked whole.
-    fn masks_field(&self, key: &str) -> bool;
-    /// `text` (a string value, unescaped) with its detected spans masked, and
-    /// how many; `None` if nothing was found.
-    fn mask_text(&self, text: &str) -> Option<(String, u64)>;
-    /// What a masked value becomes, as text (written as a JSON string).
-    fn mask(&self) -> &str;
+    /// Whether the value under object key `key` (unescaped UTF-8) is masked whole.
+    fn masks_field(&self, key: &[u8]) -> bool;
+    /// Calls `span` with each byte range of `text` (a string value, unescaped
+    /// UTF-8) to mask: in order, disjoint, on character boundaries.
+    fn find_spans(&self, text: &[u8], span: impl FnMut(usize, usize));
+    /// What a masked value or span becomes, escaped for the inside of a JSON
+    /// string (see [`escape_into`]).
+    fn mask_json(&self) -> &[u8];
+}
+
+/// What one look at every byte of a document finds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scan {
+    /// A backslash: the document may have escapes.
+    pub(crate) backslash: bool,
+    /// A byte below 0x20 (which a string may not hold).
+    pub(crate) controls: bool,
+    /// A byte above 0x7f: the document is not ASCII, its UTF-8 needs a check.
+    pub(crate) non_ascii: bool,
+}
+
+/// Scans `doc` in one loop without branches, which the compiler turns into
+/// vector code.
+pub(crate) fn scan(doc: &[u8]) -> Scan {
+    let (mut backslash, mut controls, mut non_ascii) = (false, false, false);
+    for &b in doc {
+        backslash |= b == b'\\';
+        controls |= b < 0x20;
+        non_ascii |= b > 0x7f;
+    }
+    Scan {
+        backslash,
+        controls,
+        non_ascii,
+    }
 }
 
 /// The masked document and how many values were masked; `None` when there
-/// is nothing to mask or `doc` is not JSON.
-pub(crate) fn rewrite(doc: &[u8], masking: &impl Masking) -> Option<(Vec<u8>, u64)> {
-    // UTF-8 is checked once for the whole document: one long pass costs less
-    // than one per string, and every string then slices this text.
-    let mut r = Rewriter::new(std::str::from_utf8(doc).ok()?, masking);
+/// is nothing to mask or `doc` is not JSON. `scan` is [`scan`]`(doc)`.
+pub(crate) fn rewrite(doc: &[u8], scan: Scan, masking: &impl Masking) -> Option<(Vec<u8>, u64)> {
+    // UTF-8 is checked once for the whole document (one long pass costs less
+    // than one per string), and only if it is not ASCII.
+    if scan.non_ascii && std::str::from_utf8(doc).is_err() {
+        return None;
+    }
+    let mut r = Rewriter::new(doc, scan.controls, masking);
     r.ws();
     r.value(0)?;
     r.ws();
     if r.at != doc.len() || r.masked == 0 {
         return None;
     }
-    r.out.extend_from_slice(&doc[r.copied..]);
+    append(&mut r.out, &doc[r.copied..]);
     Some((r.out, r.masked))
 }
 
 struct Rewriter<'a, M> {
-    /// The document (checked UTF-8); [`Rewriter::src`] is its bytes.
-    text: &'a str,
+    /// The document's bytes, checked UTF-8.
+    src: &'a [u8],
     /// Whether the document holds any byte below 0x20 (which a string may not).
     controls: bool,
     at: usize,
@@ -50,10 +84,11 @@ struct Rewriter<'a, M> {
 }
 
 impl<'a, M: Masking> Rewriter<'a, M> {
-    fn new(text: &'a str, masking: &'a M) -> Self {
+    /// `src` must be checked UTF-8.
+    fn new(src: &'a [u8], controls: bool, masking: &'a M) -> Self {
         Rewriter {
-            text,
-            controls: has_controls(text.as_bytes()),
+            src,
+            controls,
             at: 0,
             copied: 0,
             out: Vec::new(),
@@ -62,15 +97,21 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         }
     }
 
-    fn src(&self) -> &'a [u8] {
-        self.text.as_bytes()
-    }
-
     fn peek(&self) -> Option<u8> {
-        self.src().get(self.at).copied()
+        self.src.get(self.at).copied()
     }
 
+    /// Skips whitespace. Compact JSON has none between tokens: one look,
+    /// and the loop (a deadline check per turn in the sandbox) only if needed.
+    #[inline(always)]
     fn ws(&mut self) {
+        if matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.ws_run();
+        }
+    }
+
+    #[inline(never)]
+    fn ws_run(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.at += 1;
         }
@@ -80,29 +121,58 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         (self.peek()? == b).then(|| self.at += 1)
     }
 
-    /// Replaces `src[start..self.at]` with `text` as a JSON string.
-    fn replace(&mut self, start: usize, text: &str) {
+    /// Writes `parts` in place of `src[start..end]` (everything before it
+    /// not yet copied is copied first) and counts one masked value.
+    fn splice(&mut self, start: usize, end: usize, parts: &[&[u8]]) {
         if self.out.capacity() == 0 {
             // One allocation for most documents: masks are rarely much longer
             // than what they replace.
-            self.out.reserve(self.text.len() + 64);
+            self.out.reserve(self.src.len() + 64);
         }
-        self.out.extend_from_slice(&self.src()[self.copied..start]);
-        write_string(&mut self.out, text);
-        self.copied = self.at;
+        append(&mut self.out, &self.src[self.copied..start]);
+        for part in parts {
+            append(&mut self.out, part);
+        }
+        self.copied = end;
         self.masked += 1;
     }
 
+    /// Any value. Only containers recurse: an object's or array's items are
+    /// read by [`Rewriter::item`], inlined into their loops, so a string or
+    /// number costs no call (each call costs a deadline check in the sandbox).
+    #[inline(never)]
     fn value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'{' => self.object(depth + 1),
             b'[' => self.array(depth + 1),
+            _ => self.scalar(),
+        }
+    }
+
+    /// An item of an object or array: a container is read by [`Rewriter::value`].
+    #[inline(always)]
+    fn item(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'{' | b'[' => self.value(depth),
+            _ => self.scalar(),
+        }
+    }
+
+    /// A string (searched for spans to mask), a number or a literal.
+    #[inline(always)]
+    fn scalar(&mut self) -> Option<()> {
+        match self.peek()? {
             b'"' => {
                 let start = self.at;
-                let text = self.string()?;
-                if let Some((masked, n)) = self.masking.mask_text(&text) {
-                    self.replace(start, &masked);
-                    self.masked += n - 1;
+                let masking = self.masking;
+                match self.string()? {
+                    // No escapes: the text is the source from `start + 1` on,
+                    // so each span is replaced where it stands.
+                    Cow::Borrowed(text) => {
+                        let body = start + 1;
+                        masking.find_spans(text, |s, e| self.splice(body + s, body + e, &[masking.mask_json()]));
+                    }
+                    Cow::Owned(text) => self.mask_escaped(start, &text),
                 }
                 Some(())
             }
@@ -111,6 +181,29 @@ impl<'a, M: Masking> Rewriter<'a, M> {
             b'n' => self.literal(b"null"),
             _ => self.number(),
         }
+    }
+
+    /// Masks spans in a string that had escapes (`text` is unescaped; the
+    /// string is `src[start..self.at]`): the string is written again whole.
+    #[cold]
+    #[inline(never)]
+    fn mask_escaped(&mut self, start: usize, text: &[u8]) {
+        let mask = self.masking.mask_json();
+        let mut string = vec![b'"'];
+        let (mut at, mut n) = (0, 0);
+        self.masking.find_spans(text, |s, e| {
+            escape_into(&mut string, &text[at..s]);
+            string.extend_from_slice(mask);
+            at = e;
+            n += 1;
+        });
+        if n == 0 {
+            return;
+        }
+        escape_into(&mut string, &text[at..]);
+        string.push(b'"');
+        self.splice(start, self.at, &[&string]);
+        self.masked += n - 1;
     }
 
     /// Skips a value (checking it) and replaces it with the mask, unless it
@@ -131,7 +224,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
             self.copied = copied;
             self.masked = masked;
         }
-        self.replace(start, self.masking.mask());
+        self.splice(start, self.at, &[b"\"", self.masking.mask_json(), b"\""]);
         Some(())
     }
 
@@ -154,7 +247,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
             if whole {
                 self.masked_value(depth)?;
             } else {
-                self.value(depth)?;
+                self.item(depth)?;
             }
             self.ws();
             match self.peek()? {
@@ -179,7 +272,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         }
         loop {
             self.ws();
-            self.value(depth)?;
+            self.item(depth)?;
             self.ws();
             match self.peek()? {
                 b',' => self.at += 1,
@@ -194,7 +287,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
-        (self.src().get(self.at..end)? == word).then(|| self.at = end)
+        (self.src.get(self.at..end)? == word).then(|| self.at = end)
     }
 
     fn digits(&mut self) -> usize {
@@ -205,6 +298,7 @@ impl<'a, M: Masking> Rewriter<'a, M> {
         self.at - start
     }
 
+    #[inline(always)]
     fn number(&mut self) -> Option<()> {
         let _ = self.eat(b'-');
         match self.peek()? {
@@ -233,35 +327,49 @@ impl<'a, M: Masking> Rewriter<'a, M> {
     /// backslash or a control character.
     #[inline(always)]
     fn plain_run(&self, at: usize) -> Option<usize> {
-        let rest = &self.src()[at..];
+        let rest = &self.src[at..];
         if self.controls {
-            rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        } else {
-            memchr::memchr2(b'"', b'\\', rest)
+            return rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
         }
+        // Most keys and many values are short: one look at 16 bytes, with
+        // no loop (a loop costs a deadline check per turn in the sandbox,
+        // and memchr goes byte by byte below 16 bytes).
+        if let Some(window) = rest.first_chunk::<16>() {
+            let mut hits = 0u32;
+            for (i, &b) in window.iter().enumerate() {
+                hits |= u32::from(b == b'"' || b == b'\\') << i;
+            }
+            if hits != 0 {
+                return Some(hits.trailing_zeros() as usize);
+            }
+            return memchr::memchr2(b'"', b'\\', &rest[16..]).map(|n| n + 16);
+        }
+        memchr::memchr2(b'"', b'\\', rest)
     }
 
-    /// A string's text, unescaped; borrowed when it has no escapes. Inlined:
-    /// every call of a function costs a deadline check in the sandbox.
+    /// A string's text, unescaped (UTF-8); borrowed when it has no escapes.
+    /// Inlined: every call of a function costs a deadline check in the sandbox.
     #[inline(always)]
-    fn string(&mut self) -> Option<Cow<'a, str>> {
+    fn string(&mut self) -> Option<Cow<'a, [u8]>> {
         self.eat(b'"')?;
         let start = self.at;
         // The plain run, up to the closing quote or the first escape.
         let end = start + self.plain_run(start)?;
-        if self.src()[end] == b'"' {
+        if self.src[end] == b'"' {
             self.at = end + 1;
-            return self.text.get(start..end).map(Cow::Borrowed);
+            return Some(Cow::Borrowed(&self.src[start..end]));
         }
         self.escaped_string(start, end)
     }
 
     /// The rest of a string from its first escape (or control byte) at `end`.
+    /// The source is UTF-8 and is only cut at ASCII bytes, so the text stays
+    /// UTF-8.
     #[cold]
     #[inline(never)]
-    fn escaped_string(&mut self, start: usize, mut end: usize) -> Option<Cow<'a, str>> {
-        let src = self.src();
-        let mut text = String::from(self.text.get(start..end)?);
+    fn escaped_string(&mut self, start: usize, mut end: usize) -> Option<Cow<'a, [u8]>> {
+        let src = self.src;
+        let mut text = src[start..end].to_vec();
         loop {
             match *src.get(end)? {
                 b'"' => {
@@ -299,13 +407,13 @@ impl<'a, M: Masking> Rewriter<'a, M> {
                         }
                         _ => return None,
                     };
-                    text.push(c);
+                    text.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                     end += 1;
                 }
                 b if b < 0x20 => return None,
                 _ => {
                     let run = self.plain_run(end)?;
-                    text.push_str(self.text.get(end..end + run)?);
+                    text.extend_from_slice(&src[end..end + run]);
                     end += run;
                 }
             }
@@ -313,10 +421,39 @@ impl<'a, M: Masking> Rewriter<'a, M> {
     }
 }
 
-/// Whether `doc` holds a byte below 0x20 (a loop without branches, which the
-/// compiler turns into vector code).
-fn has_controls(doc: &[u8]) -> bool {
-    doc.iter().fold(0u8, |any, &b| any | u8::from(b < 0x20)) != 0
+/// `out.extend_from_slice(bytes)` in copies of a size known when compiling,
+/// which compile to plain loads and stores. In the sandbox (without the
+/// bulk-memory instructions, which wasmtime runs as calls out of it) a
+/// copy of unknown size is a call to a `memcpy` that moves 4 bytes a step;
+/// elsewhere the platform's `memcpy` is the better choice.
+#[cfg(not(target_arch = "wasm32"))]
+#[inline(always)]
+fn append(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(bytes);
+}
+
+/// See the other `append`.
+#[cfg(target_arch = "wasm32")]
+#[inline(always)]
+fn append(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        out.extend_from_slice(chunk);
+    }
+    let mut rest = chunks.remainder();
+    if let Some((eight, tail)) = rest.split_first_chunk::<8>() {
+        out.extend_from_slice(eight);
+        rest = tail;
+    }
+    if let Some((four, tail)) = rest.split_first_chunk::<4>() {
+        out.extend_from_slice(four);
+        rest = tail;
+    }
+    if let Some((two, tail)) = rest.split_first_chunk::<2>() {
+        out.extend_from_slice(two);
+        rest = tail;
+    }
+    out.extend_from_slice(rest);
 }
 
 /// Exactly four hex digits (`from_str_radix` would also take a sign).
@@ -327,64 +464,74 @@ fn hex4(digits: &[u8]) -> Option<u32> {
     std::str::from_utf8(digits).ok().and_then(|s| u32::from_str_radix(s, 16).ok())
 }
 
-/// `text` as a JSON string, quotes included.
-fn write_string(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    for c in text.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
+/// Appends `text` (UTF-8) escaped for the inside of a JSON string: quotes,
+/// backslashes and control characters; everything else as it is.
+pub(crate) fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            b if b < 0x20 => &[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]],
+            _ => continue,
+        };
+        out.extend_from_slice(&text[at..i]);
+        out.extend_from_slice(short);
+        at = i + 1;
     }
-    out.push(b'"');
+    out.extend_from_slice(&text[at..]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Masks the field "secret" and the word "pin" inside strings.
+    /// Masks the field "secret" and the word "pin" inside strings with `*`.
     struct Words;
 
     impl Masking for Words {
-        fn masks_field(&self, key: &str) -> bool {
-            key == "secret"
+        fn masks_field(&self, key: &[u8]) -> bool {
+            key == b"secret"
         }
-        fn mask_text(&self, text: &str) -> Option<(String, u64)> {
-            let n = text.matches("pin").count() as u64;
-            (n > 0).then(|| (text.replace("pin", "*"), n))
+        fn find_spans(&self, text: &[u8], mut span: impl FnMut(usize, usize)) {
+            for at in memchr::memmem::find_iter(text, b"pin") {
+                span(at, at + 3);
+            }
         }
-        fn mask(&self) -> &str {
-            "\"x\""
+        fn mask_json(&self) -> &[u8] {
+            b"*"
         }
     }
 
     fn run(doc: &str) -> Option<(String, u64)> {
-        rewrite(doc.as_bytes(), &Words).map(|(b, n)| (String::from_utf8(b).expect("utf-8"), n))
+        rewrite(doc.as_bytes(), scan(doc.as_bytes()), &Words).map(|(b, n)| (String::from_utf8(b).expect("utf-8"), n))
     }
 
     #[test]
     fn copies_everything_but_what_it_masks() {
         assert_eq!(
             run(r#" { "a" : 1.5e3 , "secret": {"deep": [1, "pin"]}, "b": "pin and pin" } "#),
-            Some((r#" { "a" : 1.5e3 , "secret": "\"x\"", "b": "* and *" } "#.into(), 3))
+            Some((r#" { "a" : 1.5e3 , "secret": "*", "b": "* and *" } "#.into(), 3))
         );
         assert_eq!(run(r#"{"secret": null, "n": "none"}"#), None);
-        assert_eq!(run(r#"["pin", {"\u0073ecret": "s"}]"#), Some((r#"["*", {"\u0073ecret": "\"x\""}]"#.into(), 2)));
+        assert_eq!(run(r#"["pin", {"\u0073ecret": "s"}]"#), Some((r#"["*", {"\u0073ecret": "*"}]"#.into(), 2)));
     }
 
     #[test]
     fn escapes_are_read_and_written() {
         assert_eq!(run(r#""p\u0069n \"q\" \ud83d\ude00""#), Some((r#""* \"q\" 😀""#.into(), 1)));
         assert_eq!(run("\"pin\\n\\t\\u0001\""), Some(("\"*\\n\\t\\u0001\"".into(), 1)));
+    }
+
+    #[test]
+    fn masks_are_escaped_for_json() {
+        let mut out = Vec::new();
+        escape_into(&mut out, "a \"b\" \\ \n\u{1}\u{1f} é".as_bytes());
+        assert_eq!(String::from_utf8(out).expect("utf-8"), r#"a \"b\" \\ \n\u0001\u001f é"#);
     }
 
     #[test]
@@ -396,7 +543,7 @@ mod tests {
         ] {
             assert_eq!(run(doc), None, "{doc:?}");
         }
-        assert_eq!(rewrite(b"\"pin\xff\"", &Words), None, "invalid UTF-8");
+        assert_eq!(rewrite(b"\"pin\xff\"", scan(b"\"pin\xff\""), &Words), None, "invalid UTF-8");
         let deep = "[".repeat(MAX_DEPTH + 1) + "\"pin\"" + &"]".repeat(MAX_DEPTH + 1);
         assert_eq!(run(&deep), None);
         let ok = "[".repeat(MAX_DEPTH) + "\"pin\"" + &"]".repeat(MAX_DEPTH);
@@ -412,7 +559,7 @@ mod tests {
             let Some(prefix) = doc.get(..end) else { continue };
             let serde_ok = serde_json::from_str::<serde_json::Value>(prefix).is_ok();
             let ours = {
-                let mut r = Rewriter::new(prefix, &Words);
+                let mut r = Rewriter::new(prefix.as_bytes(), scan(prefix.as_bytes()).controls, &Words);
                 r.ws();
                 r.value(0).is_some() && {
                     r.ws();
