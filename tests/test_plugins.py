@@ -75,6 +75,9 @@ def test_pii_is_masked_before_it_reaches_the_backend(broker):
         m = gw.metrics()
         assert m['causeway_plugin_calls_total{plugin="pii"}'] >= 1
         assert m['causeway_plugin_changed_batches_total{direction="produce"}'] >= 1
+        # The plugin's own counters, kept through the host interface.
+        assert m['causeway_plugin_counter_total{plugin="pii",name="records_masked"}'] == 1
+        assert m['causeway_plugin_counter_total{plugin="pii",name="values_masked"}'] == 2
     finally:
         gw.close()
 

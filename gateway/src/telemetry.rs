@@ -254,9 +254,25 @@ pub fn cluster_up(cluster: &str, up: bool) {
     gauge!(CLUSTER_UP, "cluster" => cluster.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
-pub fn plugin_call(plugin: &str, elapsed: Duration) {
-    counter!(PLUGIN_CALLS, "plugin" => plugin.to_string()).increment(1);
-    histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()).record(elapsed.as_secs_f64());
+/// One plugin's call metrics, looked up once: a call then costs no label
+/// building or registry lookup.
+pub struct PluginCalls {
+    calls: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl PluginCalls {
+    pub fn new(plugin: &str) -> Self {
+        PluginCalls {
+            calls: counter!(PLUGIN_CALLS, "plugin" => plugin.to_string()),
+            seconds: histogram!(PLUGIN_SECONDS, "plugin" => plugin.to_string()),
+        }
+    }
+
+    pub fn record(&self, elapsed: Duration) {
+        self.calls.increment(1);
+        self.seconds.record(elapsed.as_secs_f64());
+    }
 }
 
 pub fn plugin_trap(plugin: &str) {
@@ -271,6 +287,7 @@ pub fn plugin_changed(produce: bool) {
     counter!(PLUGIN_CHANGED, "direction" => if produce { "produce" } else { "fetch" }).increment(1);
 }
 
-pub fn plugin_counter(plugin: &str, name: &str, delta: u64) {
-    counter!(PLUGIN_COUNTER, "plugin" => plugin.to_string(), "name" => name.to_string()).increment(delta);
+/// The counter a plugin names with the host's `count`.
+pub fn plugin_counter(plugin: &str, name: &str) -> metrics::Counter {
+    counter!(PLUGIN_COUNTER, "plugin" => plugin.to_string(), "name" => name.to_string())
 }

@@ -6,6 +6,7 @@
 //! What a world adds (its bindings, its calls, its failure policy) lives with
 //! the world: [`super::filter`], [`super::router`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +24,9 @@ const FAILURES_BEFORE_BACKOFF: u32 = 3;
 const BACKOFF: Duration = Duration::from_secs(10);
 /// Ready instances kept per plugin.
 const SPARE_INSTANCES: usize = 8;
+/// Counter names an instance keeps handles for; further names are still
+/// counted, with a registry lookup per call.
+const CACHED_COUNTERS: usize = 64;
 
 /// A world of `wit/plugin.wit`, as the sandbox needs to know it.
 pub trait World: 'static {
@@ -43,6 +47,8 @@ pub trait World: 'static {
 pub struct HostState {
     plugin: Arc<str>,
     limits: StoreLimits,
+    /// The plugin's own counters by name (see [`CACHED_COUNTERS`]).
+    counters: HashMap<String, metrics::Counter>,
 }
 
 impl host::Host for HostState {
@@ -59,7 +65,15 @@ impl host::Host for HostState {
     }
 
     fn count(&mut self, name: String, delta: u64) {
-        telemetry::plugin_counter(&self.plugin, &name, delta);
+        if let Some(counter) = self.counters.get(&name) {
+            counter.increment(delta);
+            return;
+        }
+        let counter = telemetry::plugin_counter(&self.plugin, &name);
+        counter.increment(delta);
+        if self.counters.len() < CACHED_COUNTERS {
+            self.counters.insert(name, counter);
+        }
     }
 }
 
@@ -90,6 +104,7 @@ pub struct Sandbox<W: World> {
     current: RwLock<Arc<Generation<W>>>,
     failures: AtomicU32,
     backed_off_until: Mutex<Option<Instant>>,
+    calls: telemetry::PluginCalls,
 }
 
 impl<W: World> Sandbox<W> {
@@ -99,6 +114,7 @@ impl<W: World> Sandbox<W> {
         let name: Arc<str> = Arc::from(config.name.as_str());
         let hits_before = super::cache_counts().map_or(0, |(hits, _)| hits);
         let generation = compile::<W>(engine, &name, &config.path)?;
+        let calls = telemetry::PluginCalls::new(&name);
         let sandbox = Self {
             name,
             path: config.path.clone(),
@@ -109,6 +125,7 @@ impl<W: World> Sandbox<W> {
             current: RwLock::new(Arc::new(generation)),
             failures: AtomicU32::new(0),
             backed_off_until: Mutex::new(None),
+            calls,
         };
         let generation = sandbox.generation();
         let first = sandbox
@@ -166,6 +183,7 @@ impl<W: World> Sandbox<W> {
             HostState {
                 plugin: self.name.clone(),
                 limits,
+                counters: HashMap::new(),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -199,7 +217,7 @@ impl<W: World> Sandbox<W> {
         instance.store.set_epoch_deadline(self.timeout_ticks);
         let started = Instant::now();
         let outcome = call(&instance.bindings, &mut instance.store);
-        telemetry::plugin_call(&self.name, started.elapsed());
+        self.calls.record(started.elapsed());
         match outcome {
             Ok(answer) => {
                 put_back(&generation, instance);
