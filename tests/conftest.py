@@ -5,6 +5,7 @@ kill them, or to feed them garbage) start them with the rig directly."""
 import itertools
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +14,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rig import Gateway, Tansu  # noqa: E402
 
 _names = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def files_under_pytest_tmp(tmp_path_factory):
+    """Process logs, configs and certificates of a run go under pytest's own
+    temporary directory (the latest run is /tmp/pytest-of-$USER/pytest-current),
+    which keeps the last three runs, for reading a failure's logs, and deletes
+    older ones."""
+    tempfile.tempdir = str(tmp_path_factory.mktemp("files"))
+    yield
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
