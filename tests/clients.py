@@ -425,3 +425,41 @@ def produce_expecting_failure(addr, topic, partition=0, extra=None, flush_timeou
     assert left == 0, f"the record was neither delivered nor failed within {flush_timeout}s"
     assert len(errors) == 1
     return errors[0], elapsed
+
+
+def deliver(addr, topic, values, conf, timeout_ms=10000):
+    """Produces `values` to partition 0 with the librdkafka settings `conf`
+    (security, login). Returns each record's delivery error, None if delivered."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": addr, "linger.ms": 0, "message.timeout.ms": timeout_ms, **conf})
+    errors = []
+    for v in values:
+        p.produce(topic, value=v, partition=0, on_delivery=lambda e, m: errors.append(e))
+    p.flush(timeout_ms / 1000 + 10)
+    return errors
+
+
+def read_to_end(addr, topic, conf, partition=0, timeout=20.0):
+    """(offset, value) of every record of one partition up to its end, read with
+    the librdkafka settings `conf` (security, login, client id)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": addr, "group.id": f"read-{time.monotonic_ns()}", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "fetch.wait.max.ms": 50, **conf})
+    c.assign([TopicPartition(topic, partition, 0)])
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            m = c.poll(0.1)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    return out
+                raise AssertionError(f"reading {topic}[{partition}]: {m.error()}")
+            out.append((m.offset(), m.value()))
+    finally:
+        c.close()
+    raise AssertionError(f"no end of {topic}[{partition}] after {timeout}s")

@@ -5,13 +5,12 @@ offsets under plain names; the backends hold each tenant's data under its own
 prefix (or on its own cluster), and no tenant sees or reaches another's."""
 
 import json
-import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from clients import group_offsets, list_topics, read_partition
+from clients import group_offsets, list_topics, read_partition, read_to_end
 from rig import Gateway, Tansu, clusters_config, plugin_component
 
 
@@ -41,24 +40,7 @@ def deliver_as(addr, client_id, topic, values, timeout_ms=10000):
 
 def read_as(addr, client_id, topic, partition=0, timeout=20.0):
     """[(offset, value)] of one partition read from offset 0 to its end, as `client_id`."""
-    c = Consumer({"bootstrap.servers": addr, "client.id": client_id, "group.id": f"read-{time.monotonic_ns()}",
-                  "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 50})
-    c.assign([TopicPartition(topic, partition, 0)])
-    out = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            assert time.monotonic() < deadline, f"no end of {topic}[{partition}] as {client_id}"
-            m = c.poll(0.1)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(f"reading {topic} as {client_id}: {m.error()}")
-            out.append((m.offset(), m.value()))
-    finally:
-        c.close()
+    return read_to_end(addr, topic, {"client.id": client_id}, partition=partition, timeout=timeout)
 
 
 def topics_as(addr, client_id):

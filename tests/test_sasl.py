@@ -12,10 +12,10 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from clients import kafkajs, read_partition
+from clients import deliver, kafkajs, read_partition, read_to_end
 from rig import Gateway, Tansu, causeway_bin, causeway_check, kcat, make_ca, make_cert, plugin_component, wait_for
 
 
@@ -61,36 +61,6 @@ def login(mechanism, user, password, protocol="SASL_PLAINTEXT", **extra):
             "sasl.username": user, "sasl.password": password, **extra}
 
 
-def deliver(addr, topic, values, conf, timeout_ms=10000):
-    p = Producer({"bootstrap.servers": addr, "linger.ms": 0, "message.timeout.ms": timeout_ms, **conf})
-    errors = []
-    for v in values:
-        p.produce(topic, value=v, partition=0, on_delivery=lambda e, m: errors.append(e))
-    p.flush(timeout_ms / 1000 + 10)
-    return errors
-
-
-def read(addr, topic, conf, timeout=20.0):
-    c = Consumer({"bootstrap.servers": addr, "group.id": f"sasl-{time.monotonic_ns()}", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "fetch.wait.max.ms": 50, **conf})
-    c.assign([TopicPartition(topic, 0, 0)])
-    out = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            m = c.poll(0.1)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(m.error())
-            out.append(m.value())
-    finally:
-        c.close()
-    raise AssertionError(f"no end of {topic}")
-
-
 def test_scram_and_plain_logins_from_every_client(broker, creds):
     broker.create_topic("sasl.orders", 1)
     gw = sasl_gateway(broker, creds)
@@ -104,7 +74,7 @@ def test_scram_and_plain_logins_from_every_client(broker, creds):
             value = f"{i}-{mech}-{user}".encode()
             assert deliver(gw.addr, "sasl.orders", [value], login(mech, user, pw)) == [None], (mech, user)
             sent.append(value)
-        assert read(gw.addr, "sasl.orders", login("SCRAM-SHA-512", "bob", "bob-secret")) == sent
+        assert [v for _, v in read_to_end(gw.addr, "sasl.orders", login("SCRAM-SHA-512", "bob", "bob-secret"))] == sent
         assert [v for _, _, v, _ in read_partition(broker.addr, "sasl.orders", 0)] == sent
 
         from kafka import KafkaConsumer, TopicPartition as KTP
@@ -264,7 +234,7 @@ def test_scram_over_tls(broker, creds, tmp_path):
         conf = login("SCRAM-SHA-512", "alice", "alice-secret", protocol="SASL_SSL",
                      **{"ssl.ca.location": str(tmp_path / "ca.pem")})
         assert deliver(gw.addr, "sasl.tls", [b"secure"], conf) == [None]
-        assert read(gw.addr, "sasl.tls", conf) == [b"secure"]
+        assert read_to_end(gw.addr, "sasl.tls", conf) == [(0, b"secure")]
     finally:
         gw.close()
 

@@ -12,10 +12,9 @@ import ssl
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from clients import read_partition
+from clients import deliver, read_partition, read_to_end
 from rig import Gateway, Tansu, causeway_check, make_ca, make_cert, plugin_component, wait_for
 
 
@@ -65,36 +64,6 @@ def ssl_conf(pki, cert=None):
     return conf
 
 
-def deliver(addr, topic, values, conf, timeout_ms=10000):
-    p = Producer({"bootstrap.servers": addr, "linger.ms": 0, "message.timeout.ms": timeout_ms, **conf})
-    errors = []
-    for v in values:
-        p.produce(topic, value=v, partition=0, on_delivery=lambda e, m: errors.append(e))
-    p.flush(timeout_ms / 1000 + 10)
-    return errors
-
-
-def read(addr, topic, conf, timeout=20.0):
-    c = Consumer({"bootstrap.servers": addr, "group.id": f"tls-{time.monotonic_ns()}", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "fetch.wait.max.ms": 50, **conf})
-    c.assign([TopicPartition(topic, 0, 0)])
-    out = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            m = c.poll(0.1)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(m.error())
-            out.append((m.offset(), m.value()))
-    finally:
-        c.close()
-    raise AssertionError(f"no end of {topic} after {timeout}s")
-
-
 def served_cert(addr) -> bytes:
     """The DER certificate the gateway presents."""
     host, port = addr.split(":")
@@ -114,7 +83,7 @@ def test_clients_produce_and_consume_over_tls_and_plaintext_is_refused(broker, p
     gw = tls_gateway(broker, pki)
     try:
         assert deliver(gw.addr, "tls.orders", [b"one", b"two"], ssl_conf(pki)) == [None, None]
-        assert read(gw.addr, "tls.orders", ssl_conf(pki)) == [(0, b"one"), (1, b"two")]
+        assert read_to_end(gw.addr, "tls.orders", ssl_conf(pki)) == [(0, b"one"), (1, b"two")]
         assert [v for _, _, v, _ in read_partition(broker.addr, "tls.orders", 0)] == [b"one", b"two"]
 
         # kafka-python over TLS too.
@@ -140,7 +109,7 @@ def test_clients_produce_and_consume_over_tls_and_plaintext_is_refused(broker, p
         wait_for(lambda: gw.metrics().get('causeway_client_tls_handshake_failures_total{reason="refused"}', 0) >= 1,
                  10, "a refused handshake counted")
         assert deliver(gw.addr, "tls.orders", [b"three"], ssl_conf(pki)) == [None]
-        assert read(gw.addr, "tls.orders", ssl_conf(pki)) == [(0, b"one"), (1, b"two"), (2, b"js"), (3, b"three")]
+        assert read_to_end(gw.addr, "tls.orders", ssl_conf(pki)) == [(0, b"one"), (1, b"two"), (2, b"js"), (3, b"three")]
     finally:
         gw.close()
 
@@ -162,8 +131,8 @@ def test_mutual_tls_names_the_principal_a_router_isolates_by(broker, pki):
         assert deliver(gw.addr, "ledger", [b"globex-1"], ssl_conf(pki, "globex")) == [None]
         assert [v for _, _, v, _ in read_partition(broker.addr, "acme.ledger", 0)] == [b"acme-1"]
         assert [v for _, _, v, _ in read_partition(broker.addr, "globex.ledger", 0)] == [b"globex-1"]
-        assert read(gw.addr, "ledger", ssl_conf(pki, "globex")) == [(0, b"globex-1")]
-        assert read(gw.addr, "ledger", ssl_conf(pki, "globex-bmp")) == [(0, b"globex-1")]
+        assert read_to_end(gw.addr, "ledger", ssl_conf(pki, "globex")) == [(0, b"globex-1")]
+        assert read_to_end(gw.addr, "ledger", ssl_conf(pki, "globex-bmp")) == [(0, b"globex-1")]
 
         before = gw.metrics().get('causeway_client_tls_handshake_failures_total{reason="refused"}', 0)
         # No certificate, one from a CA the gateway does not trust, or one
