@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from clients import group_offsets, list_topics, read_partition, read_to_end
+from clients import deliver, group_offsets, list_topics, read_partition, read_to_end
 from rig import Gateway, Tansu, clusters_config, plugin_component
 
 
@@ -29,13 +29,7 @@ def tenant_router(config, **extra):
 
 def deliver_as(addr, client_id, topic, values, timeout_ms=10000):
     """Produces `values` to partition 0 as `client_id`; each delivery error (None if ok)."""
-    p = Producer({"bootstrap.servers": addr, "client.id": client_id, "linger.ms": 0,
-                  "message.timeout.ms": timeout_ms})
-    errors = []
-    for v in values:
-        p.produce(topic, value=v, partition=0, on_delivery=lambda e, m: errors.append(e))
-    p.flush(timeout_ms / 1000 + 10)
-    return errors
+    return deliver(addr, topic, values, {"client.id": client_id}, timeout_ms=timeout_ms)
 
 
 def read_as(addr, client_id, topic, partition=0, timeout=20.0):
