@@ -78,6 +78,9 @@ def test_pii_is_masked_before_it_reaches_the_backend(broker):
         # The plugin's own counters, kept through the host interface.
         assert m['causeway_plugin_counter_total{plugin="pii",name="records_masked"}'] == 1
         assert m['causeway_plugin_counter_total{plugin="pii",name="values_masked"}'] == 2
+        # Records by the plugin's verdict: the JSON one changed, the other passed.
+        assert m['causeway_plugin_records_total{plugin="pii",verdict="changed"}'] == 1
+        assert m['causeway_plugin_records_total{plugin="pii",verdict="passed"}'] == 1
     finally:
         gw.close()
 
@@ -313,5 +316,8 @@ def test_a_produce_whose_records_are_all_dropped_is_answered_by_the_gateway(brok
         assert deliver(gw.addr, "drops.checked", [good[1]]) == [None]
         stored = [v for _, _, v, _ in read_partition(broker.addr, "drops.checked", 0)]
         assert stored == good
+        m = gw.metrics()
+        assert m['causeway_plugin_records_total{plugin="validate",verdict="dropped"}'] == 2
+        assert m['causeway_plugin_records_total{plugin="validate",verdict="passed"}'] == 2
     finally:
         gw.close()

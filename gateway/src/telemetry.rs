@@ -29,6 +29,7 @@ const PLUGIN_TRAPS: &str = "causeway_plugin_failures_total";
 const PLUGIN_REJECTED: &str = "causeway_plugin_rejected_batches_total";
 const PLUGIN_CHANGED: &str = "causeway_plugin_changed_batches_total";
 const PLUGIN_COUNTER: &str = "causeway_plugin_counter_total";
+const PLUGIN_RECORDS: &str = "causeway_plugin_records_total";
 const MIRROR_LAG: &str = "causeway_mirror_lag_records";
 const MIRROR_LAG_SECONDS: &str = "causeway_mirror_lag_seconds";
 const MIRROR_RECORDS: &str = "causeway_mirror_records_total";
@@ -87,6 +88,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(PLUGIN_REJECTED, Unit::Count, "Record batches a plugin rejected, by plugin.");
     describe_counter!(PLUGIN_CHANGED, Unit::Count, "Record batches re-encoded because a filter changed them.");
     describe_counter!(PLUGIN_COUNTER, Unit::Count, "Counters plugins keep through the host interface.");
+    describe_counter!(
+        PLUGIN_RECORDS,
+        Unit::Count,
+        "Records a record filter judged, by its verdict (passed, changed, dropped, fanned_out)."
+    );
     describe_gauge!(BACKEND_CONNECTIONS, Unit::Count, "Open backend connections, by cluster.");
     describe_counter!(BACKEND_ERRORS, Unit::Count, "Backend failures, by cluster and kind.");
     describe_counter!(
@@ -285,6 +291,48 @@ pub fn plugin_rejected(plugin: &str) {
 
 pub fn plugin_changed(produce: bool) {
     counter!(PLUGIN_CHANGED, "direction" => if produce { "produce" } else { "fetch" }).increment(1);
+}
+
+/// A record filter's verdicts, counted per record; handles looked up once.
+pub struct PluginRecords {
+    passed: metrics::Counter,
+    changed: metrics::Counter,
+    dropped: metrics::Counter,
+    fanned_out: metrics::Counter,
+}
+
+/// How many records of a batch got each verdict.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Verdicts {
+    pub passed: u64,
+    pub changed: u64,
+    pub dropped: u64,
+    pub fanned_out: u64,
+}
+
+impl PluginRecords {
+    pub fn new(plugin: &str) -> Self {
+        let verdict = |v: &'static str| counter!(PLUGIN_RECORDS, "plugin" => plugin.to_string(), "verdict" => v);
+        PluginRecords {
+            passed: verdict("passed"),
+            changed: verdict("changed"),
+            dropped: verdict("dropped"),
+            fanned_out: verdict("fanned_out"),
+        }
+    }
+
+    pub fn record(&self, v: Verdicts) {
+        for (counter, n) in [
+            (&self.passed, v.passed),
+            (&self.changed, v.changed),
+            (&self.dropped, v.dropped),
+            (&self.fanned_out, v.fanned_out),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+    }
 }
 
 /// The counter a plugin names with the host's `count`.

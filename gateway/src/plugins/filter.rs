@@ -64,6 +64,8 @@ pub struct Filter {
     fetch: bool,
     /// Whether a failed call passes the batch on (`true`) or rejects it.
     pass_on_error: bool,
+    /// Its verdicts, counted per record.
+    records: telemetry::PluginRecords,
 }
 
 /// What a filter chain did to one batch.
@@ -89,6 +91,7 @@ impl Filter {
             produce: config.directions().iter().any(|d| d == "produce"),
             fetch: config.directions().iter().any(|d| d == "fetch"),
             pass_on_error: config.on_error == "pass",
+            records: telemetry::PluginRecords::new(&config.name),
         })
     }
 
@@ -133,6 +136,10 @@ impl Filter {
         match self.call(context, batches) {
             Ok(Ok(None)) => {
                 self.sandbox.succeeded();
+                self.records.record(telemetry::Verdicts {
+                    passed: records as u64,
+                    ..Default::default()
+                });
                 Step::Pass
             }
             Ok(Ok(Some(verdicts))) if verdicts.len() != records => {
@@ -142,6 +149,7 @@ impl Filter {
             }
             Ok(Ok(Some(verdicts))) => {
                 self.sandbox.succeeded();
+                self.records.record(tally(&verdicts));
                 Step::Verdicts(verdicts)
             }
             Ok(Err(message)) => {
@@ -163,6 +171,20 @@ impl Filter {
             Step::Reject(why)
         }
     }
+}
+
+/// How many records got each verdict.
+fn tally(verdicts: &[Verdict]) -> telemetry::Verdicts {
+    let mut t = telemetry::Verdicts::default();
+    for v in verdicts {
+        match v {
+            Verdict::Pass => t.passed += 1,
+            Verdict::Replace(_) | Verdict::ReplaceValue(_) => t.changed += 1,
+            Verdict::Drop => t.dropped += 1,
+            Verdict::FanOut(_) => t.fanned_out += 1,
+        }
+    }
+    t
 }
 
 /// One filter's decision on a batch.
