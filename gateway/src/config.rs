@@ -60,6 +60,10 @@ pub struct GatewayConfig {
     /// Requests one client connection may have in flight before Causeway stops reading.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Ask a broker for a consumer's next fetch while its current answer is
+    /// still on its way to the client (see the README, "Fetch read-ahead").
+    #[serde(default = "default_true")]
+    pub fetch_read_ahead: bool,
     /// Client connections held at once; more are closed when accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -308,6 +312,7 @@ impl Config {
                 cluster_id: None,
                 max_frame_bytes: default_max_frame(),
                 max_in_flight: default_max_in_flight(),
+                fetch_read_ahead: true,
                 max_connections: default_max_connections(),
                 max_connections_per_ip: None,
                 idle_timeout_ms: default_idle_timeout(),

@@ -21,6 +21,7 @@ const IDLE_CLOSED: &str = "causeway_client_idle_closed_total";
 const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
 const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
 const BACKEND_RESENDS: &str = "causeway_backend_resends_total";
+const FETCH_READ_AHEAD: &str = "causeway_fetch_read_ahead_total";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
 const CLUSTER_UP: &str = "causeway_backend_cluster_up";
 const PLUGIN_CALLS: &str = "causeway_plugin_calls_total";
@@ -99,6 +100,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         BACKEND_RESENDS,
         Unit::Count,
         "Requests sent again on a new connection after theirs was lost (clusters behind the tunnel), by outcome (answered, failed)."
+    );
+    describe_counter!(
+        FETCH_READ_AHEAD,
+        Unit::Count,
+        "Backend fetches asked for ahead of a consumer's next fetch, by outcome (sent; used by the next fetch; unused when it asked for other offsets)."
     );
     describe_counter!(
         METADATA_REFRESHES,
@@ -250,6 +256,10 @@ pub fn backend_error(cluster: &str, kind: &'static str) {
 
 pub fn backend_resent(cluster: &str, outcome: &'static str) {
     counter!(BACKEND_RESENDS, "cluster" => cluster.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn fetch_read_ahead(outcome: &'static str) {
+    counter!(FETCH_READ_AHEAD, "outcome" => outcome).increment(1);
 }
 
 pub fn metadata_refreshed(cluster: &str) {

@@ -263,6 +263,12 @@ impl SessionConns {
         Ok(rx)
     }
 
+    /// The connection this session holds to `broker` on `lane`, once a request
+    /// went there: for a request sent later from an answer's own future.
+    pub fn conn(&self, broker: BrokerRef, lane: Lane) -> Option<BrokerConn> {
+        self.conns.get(&(broker, lane)).map(|(_, c)| c.clone())
+    }
+
     /// Writes a request that gets no response.
     pub async fn send_oneway(&mut self, broker: BrokerRef, frame: Bytes) -> Result<(), BackendError> {
         let conn = self.get(broker, Lane::General).await?.clone();

@@ -1,5 +1,5 @@
 //! Fetches that span several backend brokers (or clusters) without waiting for
-//! the slowest.
+//! the slowest, and fetches asked for ahead of the consumer.
 //!
 //! Causeway leads every partition, so a consumer sends one fetch for partitions
 //! that live on several backend brokers. Each part long-polls its broker for up to
@@ -17,10 +17,16 @@
 //!
 //! A part is only parked when every one of its partitions has a known high
 //! watermark, so the first fetch of a session waits for every part.
+//!
+//! The same slot holds a *read-ahead* ([`read_ahead`]): once a part's answer
+//! shows its broker has more, the fetch the client will send next is sent
+//! already, so the broker's next answer travels while the client still reads
+//! this one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -31,13 +37,24 @@ use super::handlers::{await_reply, code};
 use super::partitioned::{moved, plan, shift_of, Names, Place, Positions, Split, TopicKey};
 use super::session::Answer;
 use super::{Gateway, ProxyError};
-use crate::backend::{BrokerRef, Lane, SessionConns};
+use crate::backend::{BrokerConn, BrokerRef, Lane, Reply, SessionConns};
 use crate::codec::{encode_response, Request};
+use crate::telemetry;
 use super::routes::ClientRoutes;
 
 /// A part's answer, in the client's names, shared between fetches.
-type PartResult = Result<FetchResponse, Arc<String>>;
+type PartResult = Result<Part, Arc<String>>;
 type PartFuture = Shared<BoxFuture<'static, PartResult>>;
+
+/// A broker's answer to a part of a fetch.
+#[derive(Clone)]
+struct Part {
+    /// In the client's names.
+    resp: FetchResponse,
+    /// The broker's bytes (after the correlation id), when nothing in them
+    /// changed: a fetch answered by this part alone forwards them as they came.
+    raw: Option<Bytes>,
+}
 
 /// What identifies a partition in a fetch: the topic as the client names it.
 type Key = (TopicKey, i32);
@@ -55,6 +72,8 @@ struct Parked {
     /// The fetch offset it asked for, per partition.
     asked: HashMap<Key, i64>,
     answer: PartFuture,
+    /// Asked for ahead of the client (see [`read_ahead`]), not left waiting.
+    ahead: bool,
 }
 
 /// The fetch state of one client session.
@@ -100,6 +119,63 @@ struct Source {
     /// Each partition's backend topic name, to ask the broker for its end offset.
     backend: Vec<(String, i32, Key)>,
     answer: PartFuture,
+    /// How to ask this broker for the client's next fetch ahead.
+    ahead: Option<Ahead>,
+}
+
+/// What turns a broker's answer to a part into the client's.
+struct PartJob {
+    gw: Arc<Gateway>,
+    broker: BrokerRef,
+    header: i16,
+    version: i16,
+    isolation_level: i8,
+    routes: ClientRoutes,
+    /// Backend topic names back to the client's.
+    back: Names,
+    mirrored: bool,
+}
+
+/// The client's answer to a part, once `reply` brings the broker's.
+fn part_answer(job: Arc<PartJob>, reply: Reply) -> PartFuture {
+    async move {
+        let resp = await_reply(reply).await.map_err(|e| Arc::new(e.to_string()))?;
+        let mut out: FetchResponse = resp
+            .decode(job.header, job.version, FetchRequest::RESP_WHAT)
+            .map_err(|e| Arc::new(e.to_string()))?;
+        let gw = &job.gw;
+        if FetchRequest::leaders_moved(&out) {
+            if let Some(c) = gw.backends.cluster(job.broker.cluster) {
+                c.mark_stale();
+            }
+        }
+        let mut changed = job.mirrored && FetchRequest::mirror_answer(&mut out, &shift_of(gw, job.broker.cluster));
+        if !job.back.topics.is_empty() {
+            FetchRequest::rename_back(&mut out, &job.back);
+            changed = true;
+        }
+        changed |= FetchRequest::default()
+            .with_isolation_level(job.isolation_level)
+            .rewrite(&mut out, gw);
+        if !gw.filters.is_empty() {
+            changed |= super::partitioned::filter_fetch(&mut out, gw, &job.routes);
+        }
+        let raw = (!changed).then(|| resp.after_correlation_id());
+        Ok(Part { resp: out, raw })
+    }
+    .boxed()
+    .shared()
+}
+
+/// What a part needs to ask its broker for the client's next fetch.
+struct Ahead {
+    conn: BrokerConn,
+    /// The client's fetch, whose header the next one reuses.
+    request: Request,
+    /// The part of it sent to this broker, in the client's names.
+    part: FetchRequest,
+    names: Names,
+    job: Arc<PartJob>,
 }
 
 pub async fn route(
@@ -139,59 +215,47 @@ pub async fn route(
         let reuse = {
             let mut inner = lanes.lock();
             match inner.parked.remove(broker) {
-                Some(p) if p.asked == asked => Some(p.answer),
+                // A read-ahead whose broker failed is not worth waiting for: ask again.
+                Some(p) if p.asked == asked && !(p.ahead && p.answer.peek().is_some_and(Result::is_err)) => {
+                    if p.ahead {
+                        telemetry::fetch_read_ahead("used");
+                    }
+                    Some(p.answer)
+                }
                 Some(p) => {
+                    if p.ahead {
+                        telemetry::fetch_read_ahead("unused");
+                    }
                     tracing::debug!(asked = ?asked, parked = ?p.asked, "parked fetch does not match");
                     None
                 }
                 None => None,
             }
         };
+        let names = plan.names(*broker, gw.node_id);
+        let client_part = body.subset(keep);
+        let mirrored = plan.mirrored.contains(&broker.cluster);
+        let mut part = client_part.clone();
+        let renamed = part.rename(&names);
+        let job = Arc::new(PartJob {
+            gw: gw.clone(),
+            broker: *broker,
+            header,
+            version,
+            isolation_level: body.isolation_level,
+            routes: router.clone(),
+            back: if renamed { names.reversed() } else { Names::default() },
+            mirrored,
+        });
         let answer = match reuse {
             Some(answer) => answer,
             None => {
-                let names = plan.names(*broker, gw.node_id);
-                let mut part = body.subset(keep);
-                let renamed = part.rename(&names);
-                let mirrored = plan.mirrored.contains(&broker.cluster);
                 if mirrored {
                     part.mirror_request(&shift_of(gw, broker.cluster));
                 }
                 let frame = req.reencode(&part, FetchRequest::WHAT)?;
-                let back = if renamed { names.reversed() } else { Names::default() };
                 match conns.send_safe(*broker, Lane::Fetch, frame).await {
-                    Ok(reply) => {
-                        let gw = gw.clone();
-                        let broker = *broker;
-                        let read_committed = body.isolation_level;
-                        let routes = router.clone();
-                        async move {
-                            let resp = await_reply(reply).await.map_err(|e| Arc::new(e.to_string()))?;
-                            let mut out: FetchResponse = resp
-                                .decode(header, version, FetchRequest::RESP_WHAT)
-                                .map_err(|e| Arc::new(e.to_string()))?;
-                            if FetchRequest::leaders_moved(&out) {
-                                if let Some(c) = gw.backends.cluster(broker.cluster) {
-                                    c.mark_stale();
-                                }
-                            }
-                            if mirrored {
-                                FetchRequest::mirror_answer(&mut out, &shift_of(&gw, broker.cluster));
-                            }
-                            if !back.topics.is_empty() {
-                                FetchRequest::rename_back(&mut out, &back);
-                            }
-                            FetchRequest::default()
-                                .with_isolation_level(read_committed)
-                                .rewrite(&mut out, &gw);
-                            if !gw.filters.is_empty() {
-                                super::partitioned::filter_fetch(&mut out, &gw, &routes);
-                            }
-                            Ok(out)
-                        }
-                        .boxed()
-                        .shared()
-                    }
+                    Ok(reply) => part_answer(job.clone(), reply),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot send fetch; answering its partitions with a retriable error");
                         if let Some(c) = gw.backends.cluster(broker.cluster) {
@@ -214,7 +278,19 @@ pub async fn route(
                 Some((name, key.1, key.clone()))
             })
             .collect();
-        sources.push(Source { broker: *broker, keep: keep.clone(), asked, backend, answer });
+        // Mirror topics move offsets between the clusters: not read ahead.
+        let ahead = if gw.fetch_read_ahead && !mirrored {
+            conns.conn(*broker, Lane::Fetch).map(|conn| Ahead {
+                conn,
+                request: req.clone(),
+                part: client_part,
+                names,
+                job,
+            })
+        } else {
+            None
+        };
+        sources.push(Source { broker: *broker, keep: keep.clone(), asked, backend, answer, ahead });
     }
     if sources.is_empty() && local.is_empty() {
         // No partitions at all: a broker of the default cluster answers the empty request.
@@ -244,7 +320,7 @@ pub async fn route(
             .collect();
         let started = std::time::Instant::now();
         while let Some((i, result)) = pending.next().await {
-            let early = result.as_ref().is_ok_and(has_records);
+            let early = result.as_ref().is_ok_and(|part| has_records(&part.resp));
             tracing::debug!(part = i, cluster = sources[i].broker.cluster, records = early, after = ?started.elapsed(), partitions = sources[i].asked.len(), "fetch part done");
             done[i] = Some(result);
             if early && !pending.is_empty() {
@@ -282,12 +358,25 @@ pub async fn route(
             }
         }
         drop(pending);
+        let mut ahead = Vec::new();
+        for (source, result) in sources.iter().zip(&done) {
+            if let Some(Ok(got)) = result {
+                if let Some(parked) = read_ahead(source, &got.resp, isolation_level).await {
+                    ahead.push((source.broker, parked));
+                }
+            }
+        }
 
+        let alone = sources.len() == 1 && local.is_empty();
+        let mut untouched = None;
         let mut acc = FetchResponse::default();
         let mut inner = lanes.lock();
         for (source, result) in sources.into_iter().zip(done) {
             match result {
-                Some(Ok(part)) => {
+                Some(Ok(Part { resp: part, raw })) => {
+                    if alone {
+                        untouched = raw;
+                    }
                     for t in &part.responses {
                         let key = response_key(t);
                         for p in &t.partitions {
@@ -320,18 +409,90 @@ pub async fn route(
                         Parked {
                             asked: source.asked,
                             answer: source.answer,
+                            ahead: false,
                         },
                     );
                 }
             }
         }
+        inner.parked.extend(ahead);
         drop(inner);
+        if let Some(raw) = untouched {
+            return Ok(raw);
+        }
         for (code, _, keep) in local {
             FetchRequest::merge(&mut acc, failed(&topics, &partitions, &keep, code));
         }
         acc.session_id = 0;
         Ok(encode_response(&acc, version, header, FetchRequest::RESP_WHAT)?)
     })))
+}
+
+/// Asks `source`'s broker now for the fetch its client will send next, once the
+/// client has `got`: the same partitions, each that brought records from the
+/// offset after its last whole batch, where a consumer goes on reading.
+///
+/// A consumer has one fetch in flight per broker, so without this the broker's
+/// next answer would only start on its way once the client has received this
+/// one whole; with it, the two overlap. When the client's next fetch asks for
+/// exactly these offsets it takes this answer (see [`route`]); when it asks for
+/// others (a seek, a paused partition) this one is dropped.
+///
+/// Only when every partition answered without error and the broker holds more
+/// than it gave for at least one: the broker then answers at once, and the
+/// read-ahead never sits in a long poll in front of the client's own fetch.
+async fn read_ahead(source: &Source, got: &FetchResponse, isolation_level: i8) -> Option<Parked> {
+    let ahead = source.ahead.as_ref()?;
+    let next = next_offsets(got, isolation_level)?;
+    let mut asked = source.asked.clone();
+    let mut request = ahead.part.clone();
+    let keys = request.keys();
+    for (topic, (key, _)) in request.topics.iter_mut().zip(keys) {
+        for p in &mut topic.partitions {
+            let at = (key.clone(), p.partition);
+            if let Some(&offset) = next.get(&at) {
+                p.fetch_offset = offset;
+                asked.insert(at, offset);
+            }
+        }
+    }
+    request.rename(&ahead.names);
+    let frame = ahead.request.reencode(&request, FetchRequest::WHAT).ok()?;
+    let reply = ahead.conn.send(frame).await.ok()?;
+    ahead.conn.flush().await.ok()?;
+    telemetry::fetch_read_ahead("sent");
+    Some(Parked {
+        asked,
+        answer: part_answer(ahead.job.clone(), reply),
+        ahead: true,
+    })
+}
+
+/// Where a consumer goes on reading each partition of `got` that brought
+/// records: the offset after its last whole batch (a partial batch at the end
+/// is read again). `None` unless every partition answered without error, those
+/// with records hold whole v2 batches, and at least one has more on its broker
+/// (below the high watermark, or the last stable offset for read_committed).
+fn next_offsets(got: &FetchResponse, isolation_level: i8) -> Option<HashMap<Key, i64>> {
+    let mut next = HashMap::new();
+    let mut more = false;
+    for t in &got.responses {
+        let key = response_key(t);
+        for p in &t.partitions {
+            if p.error_code != 0 {
+                return None;
+            }
+            let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let last = crate::codec::batches::headers(records).last()?;
+            let offset = last.base_offset.checked_add(i64::from(last.last_offset_delta))?.checked_add(1)?;
+            let end = if isolation_level == 1 { p.last_stable_offset } else { p.high_watermark };
+            more |= end > offset;
+            next.insert((key.clone(), p.partition_index), offset);
+        }
+    }
+    (more && !next.is_empty()).then_some(next)
 }
 
 /// The end offsets (high watermark, or last stable offset for read_committed) of
@@ -461,4 +622,101 @@ fn answer(
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+    use super::*;
+
+    /// One v2 batch of `count` records from offset `base`.
+    fn batch(base: i64, count: i64) -> Vec<u8> {
+        let records: Vec<Record> = (base..base + count)
+            .map(|offset| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset,
+                // As a batch without a producer id reads back (base sequence
+                // -1), so that the encoder keeps the records in one batch.
+                sequence: i32::try_from(offset - base).unwrap_or(0) - 1,
+                timestamp: 0,
+                key: None,
+                value: Some(Bytes::from_static(b"v")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+        assert!(RecordBatchEncoder::encode(&mut buf, records.iter(), &options).is_ok());
+        assert_eq!(crate::codec::batches::headers(&buf).count(), 1);
+        buf.to_vec()
+    }
+
+    /// A fetch answer for topic "t": (partition, error, high watermark, records).
+    fn answer(parts: Vec<(i32, i16, i64, Vec<u8>)>) -> FetchResponse {
+        let partitions = parts
+            .into_iter()
+            .map(|(p, error, hw, records)| {
+                PartitionData::default()
+                    .with_partition_index(p)
+                    .with_error_code(error)
+                    .with_high_watermark(hw)
+                    .with_last_stable_offset(hw - 5)
+                    .with_records(Some(Bytes::from(records)))
+            })
+            .collect();
+        FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(partitions)])
+    }
+
+    fn key(p: i32) -> Key {
+        (TopicKey::Name("t".into()), p)
+    }
+
+    #[test]
+    fn the_next_fetch_starts_after_the_last_whole_batch() {
+        let mut records = batch(10, 3);
+        records.extend(batch(13, 2));
+        // A batch cut short by the broker's size limit is read again.
+        let cut = batch(15, 4);
+        records.extend_from_slice(&cut[..cut.len() - 3]);
+        let got = answer(vec![(0, 0, 40, records), (1, 0, 7, Vec::new())]);
+        let next = next_offsets(&got, 0).unwrap_or_default();
+        // Partition 1 brought nothing: the client asks for it where it was.
+        assert_eq!(next, HashMap::from([(key(0), 15)]));
+    }
+
+    #[test]
+    fn nothing_is_read_ahead_without_more_on_the_broker() {
+        // All that there is: the broker would hold the read-ahead in a long poll.
+        assert_eq!(next_offsets(&answer(vec![(0, 0, 13, batch(10, 3))]), 0), None);
+        // read_committed goes up to the last stable offset (here hw - 5).
+        assert_eq!(next_offsets(&answer(vec![(0, 0, 17, batch(10, 3))]), 1), None);
+        assert_eq!(next_offsets(&answer(vec![(0, 0, 17, batch(10, 3))]), 0), Some(HashMap::from([(key(0), 13)])));
+        // No records at all.
+        assert_eq!(next_offsets(&answer(vec![(0, 0, 17, Vec::new())]), 0), None);
+    }
+
+    #[test]
+    fn nothing_is_read_ahead_after_an_error_or_unreadable_records() {
+        let errored = answer(vec![(0, 0, 40, batch(10, 3)), (1, code::NOT_LEADER_OR_FOLLOWER, -1, Vec::new())]);
+        assert_eq!(next_offsets(&errored, 0), None);
+        // Only part of one batch: where the client goes on is not known.
+        let cut = batch(10, 3);
+        assert_eq!(next_offsets(&answer(vec![(0, 0, 40, cut[..cut.len() - 1].to_vec())]), 0), None);
+        // An old message format (magic 1) is not read.
+        let mut old = batch(10, 3);
+        old[16] = 1;
+        assert_eq!(next_offsets(&answer(vec![(0, 0, 40, old)]), 0), None);
+    }
 }

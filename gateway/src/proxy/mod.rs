@@ -39,6 +39,8 @@ pub struct Gateway {
     pub cluster_id: Option<String>,
     pub max_frame: usize,
     pub max_in_flight: usize,
+    /// Whether a consumer's next fetch is asked for ahead (see `fetch.rs`).
+    pub fetch_read_ahead: bool,
     /// Connections held, in all and per address.
     pub limits: Arc<limits::Limits>,
     /// How long a connection may sit idle.
@@ -76,6 +78,7 @@ impl Gateway {
             cluster_id,
             max_frame: config.gateway.max_frame_bytes,
             max_in_flight: config.gateway.max_in_flight,
+            fetch_read_ahead: config.gateway.fetch_read_ahead,
             limits: limits::Limits::new(config.gateway.max_connections, config.gateway.max_connections_per_ip),
             idle_timeout: std::time::Duration::from_millis(config.gateway.idle_timeout_ms),
             backends,
@@ -151,6 +154,7 @@ impl Gateway {
             cluster_id: None,
             max_frame: 1 << 20,
             max_in_flight: 8,
+            fetch_read_ahead: true,
             limits: limits::Limits::new(16, None),
             idle_timeout: std::time::Duration::from_secs(600),
             backends: Backends { clusters: Vec::new() },

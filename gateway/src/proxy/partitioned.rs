@@ -250,9 +250,10 @@ pub async fn dispatch(
 ) -> Result<Option<super::session::Answer>, ProxyError> {
     match req.api_key {
         ApiKey::Produce => route::<ProduceRequest>(gw, conns, router, req).await,
-        // With one broker behind Causeway a fetch never splits, and its answer can
-        // go back untouched; otherwise parts must not wait for each other.
-        ApiKey::Fetch if gw.backends.clusters.len() > 1 || gw.backends.clusters.iter().any(|c| c.broker_count() > 1) => {
+        // Fetches are asked for ahead (see fetch.rs), and parts of a split fetch
+        // must not wait for each other. Without either, a fetch to one broker
+        // is routed like any partitioned request.
+        ApiKey::Fetch if gw.fetch_read_ahead || gw.backends.clusters.len() > 1 || gw.backends.clusters.iter().any(|c| c.broker_count() > 1) => {
             super::fetch::route(gw, conns, lanes, router, req).await
         }
         ApiKey::Fetch => route::<FetchRequest>(gw, conns, router, req).await,
