@@ -79,12 +79,13 @@ def test_a_seek_drops_the_read_ahead_and_reads_from_the_new_offset(gateway, back
     assert delta(after, before, USED) >= 1
 
 
-def test_read_ahead_can_be_turned_off(backend, new_topic):
+@pytest.mark.parametrize("setting", ["fetch_read_ahead = false", "fetch_read_ahead_max_bytes = 1000"])
+def test_read_ahead_off_or_out_of_budget(backend, new_topic, setting):
     topic = new_topic()
     sent = big_records(N, "off")
     produce_confluent(backend.addr, topic, sent, partition=0)
     config = (
-        '[gateway]\nlisten = "{listen}"\nfetch_read_ahead = false\n[admin]\nlisten = "{admin}"\n'
+        f'[gateway]\nlisten = "{{listen}}"\n{setting}\n[admin]\nlisten = "{{admin}}"\n'
         f'[clusters.main]\nbootstrap = ["{backend.addr}"]\n'
     )
     gw = Gateway(config=config)
@@ -95,5 +96,8 @@ def test_read_ahead_can_be_turned_off(backend, new_topic):
         metrics = gw.metrics()
         assert metrics.get('causeway_requests_total{api="fetch"}', 0.0) >= 3
         assert metrics.get(SENT, 0.0) == 0.0
+        # 1000 bytes hold no answer: each read-ahead is refused for lack of budget.
+        over = metrics.get('causeway_fetch_read_ahead_total{outcome="over_budget"}', 0.0)
+        assert (over >= 1) == ("max_bytes" in setting)
     finally:
         gw.close()

@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     /// still on its way to the client (see the README, "Fetch read-ahead").
     #[serde(default = "default_true")]
     pub fetch_read_ahead: bool,
+    /// Bytes of fetch answers held asked for ahead, across all connections.
+    #[serde(default = "default_read_ahead_max_bytes")]
+    pub fetch_read_ahead_max_bytes: u64,
     /// Client connections held at once; more are closed when accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -176,6 +179,9 @@ fn default_max_connections() -> usize {
 }
 fn default_idle_timeout() -> u64 {
     600_000
+}
+fn default_read_ahead_max_bytes() -> u64 {
+    1 << 30
 }
 fn default_max_in_flight() -> usize {
     256
@@ -313,6 +319,7 @@ impl Config {
                 max_frame_bytes: default_max_frame(),
                 max_in_flight: default_max_in_flight(),
                 fetch_read_ahead: true,
+                fetch_read_ahead_max_bytes: default_read_ahead_max_bytes(),
                 max_connections: default_max_connections(),
                 max_connections_per_ip: None,
                 idle_timeout_ms: default_idle_timeout(),

@@ -104,7 +104,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         FETCH_READ_AHEAD,
         Unit::Count,
-        "Backend fetches asked for ahead of a consumer's next fetch, by outcome (sent; used by the next fetch; unused when it asked for other offsets)."
+        "Backend fetches asked for ahead of a consumer's next fetch, by outcome (sent; used by the next fetch; unused when it asked for other offsets; over_budget when gateway.fetch_read_ahead_max_bytes was held already)."
     );
     describe_counter!(
         METADATA_REFRESHES,

@@ -72,8 +72,54 @@ struct Parked {
     /// The fetch offset it asked for, per partition.
     asked: HashMap<Key, i64>,
     answer: PartFuture,
-    /// Asked for ahead of the client (see [`read_ahead`]), not left waiting.
-    ahead: bool,
+    /// Asked for ahead of the client (see [`read_ahead`]), not left waiting:
+    /// its share of the gateway's read-ahead budget, given back when dropped.
+    ahead: Option<Held>,
+}
+
+/// How many bytes of fetch answers may be held asked for ahead, across all
+/// client connections: each read-ahead counts the most its answer may carry
+/// (the client's `max_bytes`, or its partitions' if less) until the client's
+/// next fetch takes it or it is dropped.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { limit, held: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    /// `n` bytes of the budget, or `None` if they are not left.
+    fn take(self: &Arc<Self>, n: usize) -> Option<Held> {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .ok()?;
+        Some(Held { budget: self.clone(), n })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Part of the [`Budget`], given back when dropped.
+#[derive(Debug)]
+struct Held {
+    budget: Arc<Budget>,
+    n: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.n, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The fetch state of one client session.
@@ -216,14 +262,14 @@ pub async fn route(
             let mut inner = lanes.lock();
             match inner.parked.remove(broker) {
                 // A read-ahead whose broker failed is not worth waiting for: ask again.
-                Some(p) if p.asked == asked && !(p.ahead && p.answer.peek().is_some_and(Result::is_err)) => {
-                    if p.ahead {
+                Some(p) if p.asked == asked && !(p.ahead.is_some() && p.answer.peek().is_some_and(Result::is_err)) => {
+                    if p.ahead.is_some() {
                         telemetry::fetch_read_ahead("used");
                     }
                     Some(p.answer)
                 }
                 Some(p) => {
-                    if p.ahead {
+                    if p.ahead.is_some() {
                         telemetry::fetch_read_ahead("unused");
                     }
                     tracing::debug!(asked = ?asked, parked = ?p.asked, "parked fetch does not match");
@@ -409,7 +455,7 @@ pub async fn route(
                         Parked {
                             asked: source.asked,
                             answer: source.answer,
-                            ahead: false,
+                            ahead: None,
                         },
                     );
                 }
@@ -456,6 +502,18 @@ async fn read_ahead(source: &Source, got: &FetchResponse, isolation_level: i8) -
             }
         }
     }
+    // The most the answer may carry, held from the budget until it is taken.
+    let most = request
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| i64::from(p.partition_max_bytes.max(0)))
+        .sum::<i64>()
+        .min(i64::from(request.max_bytes.max(0)));
+    let Some(held) = ahead.job.gw.read_ahead_budget.take(usize::try_from(most).unwrap_or(usize::MAX)) else {
+        telemetry::fetch_read_ahead("over_budget");
+        return None;
+    };
     request.rename(&ahead.names);
     let frame = ahead.request.reencode(&request, FetchRequest::WHAT).ok()?;
     let reply = ahead.conn.send(frame).await.ok()?;
@@ -464,7 +522,7 @@ async fn read_ahead(source: &Source, got: &FetchResponse, isolation_level: i8) -
     Some(Parked {
         asked,
         answer: part_answer(ahead.job.clone(), reply),
-        ahead: true,
+        ahead: Some(held),
     })
 }
 
@@ -705,6 +763,21 @@ mod tests {
         assert_eq!(next_offsets(&answer(vec![(0, 0, 17, batch(10, 3))]), 0), Some(HashMap::from([(key(0), 13)])));
         // No records at all.
         assert_eq!(next_offsets(&answer(vec![(0, 0, 17, Vec::new())]), 0), None);
+    }
+
+    #[test]
+    fn the_budget_is_given_back_when_a_read_ahead_is_dropped() {
+        let budget = Budget::new(100);
+        let a = budget.take(60);
+        assert!(a.is_some());
+        assert!(budget.take(41).is_none(), "61 + 41 > 100");
+        let b = budget.take(40);
+        assert_eq!(budget.held(), 100);
+        drop(a);
+        assert_eq!(budget.held(), 40);
+        assert!(budget.take(usize::MAX).is_none(), "no overflow");
+        drop(b);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Gateway {
     pub max_in_flight: usize,
     /// Whether a consumer's next fetch is asked for ahead (see `fetch.rs`).
     pub fetch_read_ahead: bool,
+    /// Bytes of fetch answers that may be held asked for ahead, in all.
+    pub read_ahead_budget: Arc<fetch::Budget>,
     /// Connections held, in all and per address.
     pub limits: Arc<limits::Limits>,
     /// How long a connection may sit idle.
@@ -79,6 +81,9 @@ impl Gateway {
             max_frame: config.gateway.max_frame_bytes,
             max_in_flight: config.gateway.max_in_flight,
             fetch_read_ahead: config.gateway.fetch_read_ahead,
+            read_ahead_budget: fetch::Budget::new(
+                usize::try_from(config.gateway.fetch_read_ahead_max_bytes).unwrap_or(usize::MAX),
+            ),
             limits: limits::Limits::new(config.gateway.max_connections, config.gateway.max_connections_per_ip),
             idle_timeout: std::time::Duration::from_millis(config.gateway.idle_timeout_ms),
             backends,
@@ -155,6 +160,7 @@ impl Gateway {
             max_frame: 1 << 20,
             max_in_flight: 8,
             fetch_read_ahead: true,
+            read_ahead_budget: fetch::Budget::new(1 << 30),
             limits: limits::Limits::new(16, None),
             idle_timeout: std::time::Duration::from_secs(600),
             backends: Backends { clusters: Vec::new() },
