@@ -196,6 +196,15 @@ def main():
     authorized = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
     authorized.wait_ready()
     targets["causeway + 100 ACL rules"] = (authorized.addr, authorized.process.pid(), "rdkafka", "")
+    # The same gateway without fetch read-ahead: what asking for a consumer's
+    # next fetch early is worth, in the same rounds.
+    config = (
+        '[gateway]\nlisten = "{listen}"\nfetch_read_ahead = false\n[admin]\nlisten = "{admin}"\n'
+        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
+    )
+    no_read_ahead = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
+    no_read_ahead.wait_ready()
+    targets["causeway without read-ahead"] = (no_read_ahead.addr, no_read_ahead.process.pid(), "rdkafka", "")
     filtered = routed = None
     if not args.no_plugin:
         # The same gateway with the pass-through record filter on every produce
@@ -259,7 +268,7 @@ def main():
     finally:
         proxy.close()
         gateway.close()
-        for extra in (filtered, routed, authorized):
+        for extra in (filtered, routed, authorized, no_read_ahead):
             if extra is not None:
                 extra.close()
         broker.close()
@@ -315,6 +324,12 @@ def main():
             f"produce {100 * against_causeway(name, 'produce_mbs'):.0f}%, "
             f"consume {100 * against_causeway(name, 'consume_mbs'):.0f}%.",
         ]
+    name = "causeway without read-ahead"
+    lines += [
+        "",
+        f"Fetch read-ahead: Causeway against the same gateway with `fetch_read_ahead = false` (same rounds): "
+        f"consume {100 / against_causeway(name, 'consume_mbs'):.0f}%, produce {100 / against_causeway(name, 'produce_mbs'):.0f}%.",
+    ]
     name = "causeway + 100 ACL rules"
     lines += [
         "",
