@@ -8,11 +8,12 @@ import time
 import pytest
 
 from clients import CONSUME, produce_confluent
-from rig import Gateway
+from rig import Gateway, wait_for
 
 USED = 'causeway_fetch_read_ahead_total{outcome="used"}'
 UNUSED = 'causeway_fetch_read_ahead_total{outcome="unused"}'
 SENT = 'causeway_fetch_read_ahead_total{outcome="sent"}'
+HELD = "causeway_fetch_read_ahead_bytes_held"
 
 
 # About 12 MiB: tansu answers a fetch with about 5 MiB at most, so a consumer
@@ -43,6 +44,8 @@ def test_every_client_reads_every_record_once_with_read_ahead(gateway, backend, 
     after = gateway.metrics()
     # The client's own next fetches were answered by fetches asked ahead.
     assert delta(after, before, USED) >= 1, {k: v for k, v in after.items() if "read_ahead" in k}
+    # The consumer has gone: whatever it left asked ahead gives its budget back.
+    wait_for(lambda: gateway.metrics().get(HELD) == 0.0, 10, "the read-ahead budget to be given back")
 
 
 def test_a_seek_drops_the_read_ahead_and_reads_from_the_new_offset(gateway, backend, new_topic):

@@ -22,6 +22,7 @@ const BACKEND_CONNECTIONS: &str = "causeway_backend_connections";
 const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
 const BACKEND_RESENDS: &str = "causeway_backend_resends_total";
 const FETCH_READ_AHEAD: &str = "causeway_fetch_read_ahead_total";
+const FETCH_READ_AHEAD_HELD: &str = "causeway_fetch_read_ahead_bytes_held";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
 const CLUSTER_UP: &str = "causeway_backend_cluster_up";
 const PLUGIN_CALLS: &str = "causeway_plugin_calls_total";
@@ -105,6 +106,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         FETCH_READ_AHEAD,
         Unit::Count,
         "Backend fetches asked for ahead of a consumer's next fetch, by outcome (sent; used by the next fetch; unused when it asked for other offsets; over_budget when gateway.fetch_read_ahead_max_bytes was held already)."
+    );
+    describe_gauge!(
+        FETCH_READ_AHEAD_HELD,
+        Unit::Bytes,
+        "Bytes of gateway.fetch_read_ahead_max_bytes held by fetches asked for ahead and not yet taken."
     );
     describe_counter!(
         METADATA_REFRESHES,
@@ -260,6 +266,10 @@ pub fn backend_resent(cluster: &str, outcome: &'static str) {
 
 pub fn fetch_read_ahead(outcome: &'static str) {
     counter!(FETCH_READ_AHEAD, "outcome" => outcome).increment(1);
+}
+
+pub fn fetch_read_ahead_held(bytes: usize) {
+    gauge!(FETCH_READ_AHEAD_HELD).set(bytes as f64);
 }
 
 pub fn metadata_refreshed(cluster: &str) {

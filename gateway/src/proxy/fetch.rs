@@ -100,6 +100,7 @@ impl Budget {
                 held.checked_add(n).filter(|total| *total <= self.limit)
             })
             .ok()?;
+        telemetry::fetch_read_ahead_held(self.held());
         Some(Held { budget: self.clone(), n })
     }
 
@@ -119,6 +120,7 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.n, std::sync::atomic::Ordering::AcqRel);
+        telemetry::fetch_read_ahead_held(self.budget.held());
     }
 }
 
