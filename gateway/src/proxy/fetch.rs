@@ -552,7 +552,8 @@ fn next_offsets(got: &FetchResponse, isolation_level: i8) -> Option<HashMap<Key,
             next.insert((key.clone(), p.partition_index), offset);
         }
     }
-    (more && !next.is_empty()).then_some(next)
+    // `more` is only set beside an offset, so `next` is not empty.
+    more.then_some(next)
 }
 
 /// The end offsets (high watermark, or last stable offset for read_committed) of
@@ -689,7 +690,7 @@ mod tests {
     use bytes::BytesMut;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
     use super::*;
 
@@ -697,21 +698,10 @@ mod tests {
     fn batch(base: i64, count: i64) -> Vec<u8> {
         let records: Vec<Record> = (base..base + count)
             .map(|offset| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset,
                 // As a batch without a producer id reads back (base sequence
                 // -1), so that the encoder keeps the records in one batch.
                 sequence: i32::try_from(offset - base).unwrap_or(0) - 1,
-                timestamp: 0,
-                key: None,
-                value: Some(Bytes::from_static(b"v")),
-                headers: Default::default(),
+                ..crate::plugins::batches::record(offset, "k", "v")
             })
             .collect();
         let mut buf = BytesMut::new();
