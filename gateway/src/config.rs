@@ -67,6 +67,11 @@ pub struct GatewayConfig {
     /// Bytes of fetch answers held asked for ahead, across all connections.
     #[serde(default = "default_read_ahead_max_bytes")]
     pub fetch_read_ahead_max_bytes: u64,
+    /// Bytes set aside, across all connections, so that each request still
+    /// arriving is read into one buffer of its declared size; past this,
+    /// buffers grow with the bytes received.
+    #[serde(default = "default_request_buffer_max_bytes")]
+    pub request_buffer_max_bytes: u64,
     /// Client connections held at once; more are closed when accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -182,6 +187,9 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_read_ahead_max_bytes() -> u64 {
     1 << 30
+}
+fn default_request_buffer_max_bytes() -> u64 {
+    256 << 20
 }
 fn default_max_in_flight() -> usize {
     256
@@ -320,6 +328,7 @@ impl Config {
                 max_in_flight: default_max_in_flight(),
                 fetch_read_ahead: true,
                 fetch_read_ahead_max_bytes: default_read_ahead_max_bytes(),
+                request_buffer_max_bytes: default_request_buffer_max_bytes(),
                 max_connections: default_max_connections(),
                 max_connections_per_ip: None,
                 idle_timeout_ms: default_idle_timeout(),

@@ -23,6 +23,7 @@ const BACKEND_ERRORS: &str = "causeway_backend_errors_total";
 const BACKEND_RESENDS: &str = "causeway_backend_resends_total";
 const FETCH_READ_AHEAD: &str = "causeway_fetch_read_ahead_total";
 const FETCH_READ_AHEAD_HELD: &str = "causeway_fetch_read_ahead_bytes_held";
+const REQUEST_BUFFERS_RESERVED: &str = "causeway_request_buffer_bytes_reserved";
 const METADATA_REFRESHES: &str = "causeway_backend_metadata_refreshes_total";
 const CLUSTER_UP: &str = "causeway_backend_cluster_up";
 const PLUGIN_CALLS: &str = "causeway_plugin_calls_total";
@@ -111,6 +112,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         FETCH_READ_AHEAD_HELD,
         Unit::Bytes,
         "Bytes of gateway.fetch_read_ahead_max_bytes held by fetches asked for ahead and not yet taken."
+    );
+    describe_gauge!(
+        REQUEST_BUFFERS_RESERVED,
+        Unit::Bytes,
+        "Bytes of gateway.request_buffer_max_bytes set aside for client requests whose bytes are still arriving."
     );
     describe_counter!(
         METADATA_REFRESHES,
@@ -270,6 +276,10 @@ pub fn fetch_read_ahead(outcome: &'static str) {
 
 pub fn fetch_read_ahead_held(bytes: usize) {
     gauge!(FETCH_READ_AHEAD_HELD).set(bytes as f64);
+}
+
+pub fn request_buffers_reserved(bytes: usize) {
+    gauge!(REQUEST_BUFFERS_RESERVED).set(bytes as f64);
 }
 
 pub fn metadata_refreshed(cluster: &str) {

@@ -26,6 +26,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::budget::Held;
+
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -75,53 +77,6 @@ struct Parked {
     /// Asked for ahead of the client (see [`read_ahead`]), not left waiting:
     /// its share of the gateway's read-ahead budget, given back when dropped.
     ahead: Option<Held>,
-}
-
-/// How many bytes of fetch answers may be held asked for ahead, across all
-/// client connections: each read-ahead counts the most its answer may carry
-/// (the client's `max_bytes`, or its partitions' if less) until the client's
-/// next fetch takes it or it is dropped.
-#[derive(Debug)]
-pub struct Budget {
-    limit: usize,
-    held: std::sync::atomic::AtomicUsize,
-}
-
-impl Budget {
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self { limit, held: std::sync::atomic::AtomicUsize::new(0) })
-    }
-
-    /// `n` bytes of the budget, or `None` if they are not left.
-    fn take(self: &Arc<Self>, n: usize) -> Option<Held> {
-        use std::sync::atomic::Ordering;
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(n).filter(|total| *total <= self.limit)
-            })
-            .ok()?;
-        telemetry::fetch_read_ahead_held(self.held());
-        Some(Held { budget: self.clone(), n })
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.held.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Part of the [`Budget`], given back when dropped.
-#[derive(Debug)]
-struct Held {
-    budget: Arc<Budget>,
-    n: usize,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.n, std::sync::atomic::Ordering::AcqRel);
-        telemetry::fetch_read_ahead_held(self.budget.held());
-    }
 }
 
 /// The fetch state of one client session.
@@ -755,21 +710,6 @@ mod tests {
         assert_eq!(next_offsets(&answer(vec![(0, 0, 17, batch(10, 3))]), 0), Some(HashMap::from([(key(0), 13)])));
         // No records at all.
         assert_eq!(next_offsets(&answer(vec![(0, 0, 17, Vec::new())]), 0), None);
-    }
-
-    #[test]
-    fn the_budget_is_given_back_when_a_read_ahead_is_dropped() {
-        let budget = Budget::new(100);
-        let a = budget.take(60);
-        assert!(a.is_some());
-        assert!(budget.take(41).is_none(), "61 + 41 > 100");
-        let b = budget.take(40);
-        assert_eq!(budget.held(), 100);
-        drop(a);
-        assert_eq!(budget.held(), 40);
-        assert!(budget.take(usize::MAX).is_none(), "no overflow");
-        drop(b);
-        assert_eq!(budget.held(), 0);
     }
 
     #[test]

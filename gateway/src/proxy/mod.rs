@@ -6,6 +6,7 @@
 //! connections of the session -> [`rewrite`] and [`partitioned`] turn backend answers
 //! into answers from Causeway's own broker.
 
+pub mod budget;
 pub mod fetch;
 pub mod cluster_admin;
 pub mod groups;
@@ -42,7 +43,10 @@ pub struct Gateway {
     /// Whether a consumer's next fetch is asked for ahead (see `fetch.rs`).
     pub fetch_read_ahead: bool,
     /// Bytes of fetch answers that may be held asked for ahead, in all.
-    pub read_ahead_budget: Arc<fetch::Budget>,
+    pub read_ahead_budget: Arc<budget::Budget>,
+    /// Bytes that may be set aside, in all, for requests still arriving (see
+    /// `session.rs`).
+    pub request_buffer_budget: Arc<budget::Budget>,
     /// Connections held, in all and per address.
     pub limits: Arc<limits::Limits>,
     /// How long a connection may sit idle.
@@ -81,8 +85,13 @@ impl Gateway {
             max_frame: config.gateway.max_frame_bytes,
             max_in_flight: config.gateway.max_in_flight,
             fetch_read_ahead: config.gateway.fetch_read_ahead,
-            read_ahead_budget: fetch::Budget::new(
+            read_ahead_budget: budget::Budget::new(
                 usize::try_from(config.gateway.fetch_read_ahead_max_bytes).unwrap_or(usize::MAX),
+                crate::telemetry::fetch_read_ahead_held,
+            ),
+            request_buffer_budget: budget::Budget::new(
+                usize::try_from(config.gateway.request_buffer_max_bytes).unwrap_or(usize::MAX),
+                crate::telemetry::request_buffers_reserved,
             ),
             limits: limits::Limits::new(config.gateway.max_connections, config.gateway.max_connections_per_ip),
             idle_timeout: std::time::Duration::from_millis(config.gateway.idle_timeout_ms),
@@ -160,7 +169,8 @@ impl Gateway {
             max_frame: 1 << 20,
             max_in_flight: 8,
             fetch_read_ahead: true,
-            read_ahead_budget: fetch::Budget::new(1 << 30),
+            read_ahead_budget: budget::Budget::new(1 << 30, |_| {}),
+            request_buffer_budget: budget::Budget::new(1 << 30, |_| {}),
             limits: limits::Limits::new(16, None),
             idle_timeout: std::time::Duration::from_secs(600),
             backends: Backends { clusters: Vec::new() },

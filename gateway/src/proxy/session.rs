@@ -76,6 +76,9 @@ where
     let mut mapped: Option<(String, Option<String>, Who, Instant)> = None;
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // The share of the gateway's request buffer budget that the frame at the
+    // front of `buf` holds while its bytes arrive.
+    let mut reserved: Option<super::budget::Held> = None;
     let mut answers: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut open = true;
     let lanes = Arc::new(super::fetch::Lanes::default());
@@ -100,7 +103,10 @@ where
                 gateway.max_frame
             };
             let frame = match codec::split_frame(&mut buf, max_frame) {
-                Ok(Some(frame)) => frame.freeze(),
+                Ok(Some(frame)) => {
+                    reserved = None;
+                    frame.freeze()
+                }
                 Ok(None) => break,
                 Err(e) => {
                     telemetry::protocol_error(match e {
@@ -197,10 +203,17 @@ where
                 } else {
                     need
                 };
-                // Grow with what the client has actually sent (at most doubling),
-                // so a declared length alone never reserves memory.
+                // The whole frame in one buffer, if the gateway-wide budget
+                // has room: growing it as it fills would copy what came so far
+                // at every step (a 1 MB produce about twice over). Otherwise grow
+                // with what the client has actually sent (at most doubling), so
+                // a declared length alone never sets memory aside.
+                let missing = need.saturating_sub(buf.len());
                 let step = buf.capacity().max(64 * 1024);
-                buf.reserve(need.saturating_sub(buf.len()).min(step));
+                if missing > step && reserved.is_none() {
+                    reserved = gateway.request_buffer_budget.take(missing);
+                }
+                buf.reserve(if reserved.is_some() { missing } else { missing.min(step) });
             } else if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }
