@@ -45,6 +45,13 @@
 
 mod host;
 pub mod log;
+
+// The plugin's heap: the instance's linear memory, grown as needed up to the
+// gateway's memory limit (past it an allocation fails and the call traps).
+#[cfg(all(feature = "talc", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[cfg(feature = "record-filter")]
 mod wire;
 
