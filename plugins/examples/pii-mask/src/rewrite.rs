@@ -466,7 +466,10 @@ fn append(out: &mut Vec<u8>, bytes: &[u8]) {
         out.extend_from_slice(two);
         rest = tail;
     }
-    out.extend_from_slice(rest);
+    // At most one byte is left: a push, not a `memcpy` call.
+    if let Some(&last) = rest.first() {
+        out.push(last);
+    }
 }
 
 /// Exactly four hex digits (`from_str_radix` would also take a sign).
