@@ -85,6 +85,29 @@ def test_pii_is_masked_before_it_reaches_the_backend(broker):
         gw.close()
 
 
+def test_each_filter_of_a_chain_sees_what_the_one_before_left(broker):
+    # Two maskers in a row, each for one field: had the second been handed the
+    # records as the client sent them, its answer would bring back what the
+    # first masked.
+    broker.create_topic("users.chained", 1)
+    gw = gateway_with(broker, [
+        {"name": "emails", "kind": "record-filter", "path": plugin_component("pii-mask"),
+         "config": json.dumps({"fields": ["email"], "mask": "E"}), "topics": "users.*"},
+        {"name": "names", "kind": "record-filter", "path": plugin_component("pii-mask"),
+         "config": json.dumps({"fields": ["name"], "mask": "N"}), "topics": "users.*"},
+    ])
+    try:
+        docs = [json.dumps({"name": f"user {i}", "email": f"u{i}@example.com", "n": i}).encode() for i in range(3)]
+        assert deliver(gw.addr, "users.chained", docs) == [None] * 3
+        stored = [json.loads(r[2]) for r in read_partition(broker.addr, "users.chained", 0)]
+        assert stored == [{"name": "N", "email": "E", "n": i} for i in range(3)]
+        m = gw.metrics()
+        assert m['causeway_plugin_records_total{plugin="emails",verdict="changed"}'] == 3
+        assert m['causeway_plugin_records_total{plugin="names",verdict="changed"}'] == 3
+    finally:
+        gw.close()
+
+
 def test_a_rejected_batch_gets_policy_violation_and_never_lands(broker):
     broker.create_topic("orders.checked", 1)
     gw = gateway_with(broker, [{

@@ -259,7 +259,19 @@ impl FilterChain {
         // Decoded only once a verdict changes something.
         let mut decoded: Option<batches::Decoded> = None;
         let mut changed = false;
+        // Whether `sections` no longer show the decoded records: written
+        // again only if another filter follows.
+        let mut stale = false;
         for filter in applying {
+            if stale {
+                if let Some(d) = &decoded {
+                    sections = match d.sections() {
+                        Ok(s) => s,
+                        Err(e) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
+                    };
+                }
+                stale = false;
+            }
             let count = sections.iter().map(|s| s.count as usize).sum();
             if count == 0 {
                 break;
@@ -281,10 +293,7 @@ impl FilterChain {
                 Applied::Same => {}
                 Applied::Changed => {
                     changed = true;
-                    sections = match d.sections() {
-                        Ok(s) => s,
-                        Err(e) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
-                    };
+                    stale = true;
                 }
                 Applied::Refused(why) => return Outcome::Rejected(format!("plugin '{}': {why}", filter.name())),
             }
