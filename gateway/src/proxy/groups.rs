@@ -641,6 +641,57 @@ async fn offset_delete(
     }))
 }
 
+/// Which clusters a request about groups goes to.
+enum Clusters {
+    /// The group's home cluster.
+    Home,
+    /// Every cluster where the group has a coordinator (its home, and
+    /// wherever it holds offsets).
+    Every,
+}
+
+/// The groups a request names, by index, as they are sent.
+struct ByCoordinator {
+    /// The groups each coordinator answers.
+    by_broker: BTreeMap<BrokerRef, Vec<usize>>,
+    /// Those whose home coordinator could not be found.
+    failed: Vec<usize>,
+    /// Those the client may not act on.
+    refused: Vec<usize>,
+}
+
+/// Sorts the groups `names` by their coordinators in `clusters`, checking
+/// that the client may do `op` on each.
+async fn by_coordinator<'a>(
+    gw: &Gateway,
+    router: &ClientRoutes,
+    names: impl Iterator<Item = &'a str>,
+    op: Operation,
+    api: &str,
+    clusters: Clusters,
+) -> ByCoordinator {
+    let mut out = ByCoordinator { by_broker: BTreeMap::new(), failed: Vec::new(), refused: Vec::new() };
+    for (i, name) in names.enumerate() {
+        if !router.may(op, Resource::Group, name, api) {
+            out.refused.push(i);
+            continue;
+        }
+        let home = router.group(name);
+        let asked = match clusters {
+            Clusters::Home => home..home + 1,
+            Clusters::Every => 0..gw.backends.clusters.len(),
+        };
+        for ci in asked {
+            match coordinator_in(gw, ci, name).await {
+                Some((_, broker)) => out.by_broker.entry(broker).or_default().push(i),
+                None if ci == home => out.failed.push(i),
+                None => {}
+            }
+        }
+    }
+    out
+}
+
 /// Requests about several groups: DescribeGroups (home clusters), DeleteGroups
 /// (every cluster) and OffsetFetch (the clusters of the topics asked for).
 pub async fn dispatch_many(
@@ -663,19 +714,9 @@ async fn describe_groups(
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: DescribeGroupsRequest = req.decode("DescribeGroups request")?;
-    let mut by_broker: BTreeMap<BrokerRef, Vec<usize>> = BTreeMap::new();
-    let mut failed = Vec::new();
-    let mut refused = Vec::new();
-    for (i, g) in body.groups.iter().enumerate() {
-        if !router.may(Operation::Describe, Resource::Group, &g.0, "DescribeGroups") {
-            refused.push(i);
-            continue;
-        }
-        match coordinator_in(gw, router.group(&g.0), &g.0).await {
-            Some((_, broker)) => by_broker.entry(broker).or_default().push(i),
-            None => failed.push(i),
-        }
-    }
+    let names = body.groups.iter().map(|g| g.0.as_str());
+    let ByCoordinator { by_broker, mut failed, refused } =
+        by_coordinator(gw, router, names, Operation::Describe, "DescribeGroups", Clusters::Home).await;
     let mut sent = Vec::new();
     for (broker, keep) in &by_broker {
         let frame = if by_broker.len() == 1 && failed.is_empty() && refused.is_empty() {
@@ -745,22 +786,9 @@ async fn delete_groups(
     req: Request,
 ) -> Result<Answer, ProxyError> {
     let body: DeleteGroupsRequest = req.decode("DeleteGroups request")?;
-    let mut by_broker: BTreeMap<BrokerRef, Vec<usize>> = BTreeMap::new();
-    let mut failed = Vec::new();
-    let mut refused = Vec::new();
-    for (i, g) in body.groups_names.iter().enumerate() {
-        if !router.may(Operation::Delete, Resource::Group, &g.0, "DeleteGroups") {
-            refused.push(i);
-            continue;
-        }
-        for ci in 0..gw.backends.clusters.len() {
-            match coordinator_in(gw, ci, &g.0).await {
-                Some((_, broker)) => by_broker.entry(broker).or_default().push(i),
-                None if ci == router.group(&g.0) => failed.push(i),
-                None => {}
-            }
-        }
-    }
+    let names = body.groups_names.iter().map(|g| g.0.as_str());
+    let ByCoordinator { by_broker, failed, refused } =
+        by_coordinator(gw, router, names, Operation::Delete, "DeleteGroups", Clusters::Every).await;
     let mut sent = Vec::new();
     for (broker, keep) in &by_broker {
         let mut sub = body.clone();
