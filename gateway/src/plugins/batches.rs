@@ -261,6 +261,12 @@ fn from_wit(template: &Record, r: KafkaRecord) -> Record {
 }
 
 impl Decoded {
+    /// The records, as decoded and as verdicts left them.
+    #[cfg(test)]
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
     /// The records as the plugin interface carries them.
     #[cfg(test)]
     pub fn view(&self) -> Vec<KafkaRecord> {

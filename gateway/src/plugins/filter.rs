@@ -8,6 +8,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
 use super::batches::{self, Applied};
+use super::rewrite;
 use super::sandbox::{HostState, Sandbox, World};
 use super::PluginConfig;
 use crate::routing::Glob;
@@ -256,20 +257,25 @@ impl FilterChain {
             Ok(s) => s,
             Err(e) => return Outcome::Rejected(format!("cannot read the record batches: {e}")),
         };
-        // Decoded only once a verdict changes something.
+        // The records as the filters so far left them: the bytes as they came,
+        // a produce batch rewritten in place (`rewrite::produce`), or, once a
+        // verdict needs it, decoded.
+        let mut current = records.clone();
         let mut decoded: Option<batches::Decoded> = None;
         let mut changed = false;
-        // Whether `sections` no longer show the decoded records: written
-        // again only if another filter follows.
+        // Whether `sections` no longer show the records: read again only if
+        // another filter follows.
         let mut stale = false;
         for filter in applying {
             if stale {
-                if let Some(d) = &decoded {
-                    sections = match d.sections() {
-                        Ok(s) => s,
-                        Err(e) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
-                    };
-                }
+                let fresh = match &decoded {
+                    Some(d) => d.sections(),
+                    None => batches::sections(&current, context.direction, limit),
+                };
+                sections = match fresh {
+                    Ok(s) => s,
+                    Err(e) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
+                };
                 stale = false;
             }
             let count = sections.iter().map(|s| s.count as usize).sum();
@@ -282,9 +288,21 @@ impl FilterChain {
                 Step::Verdicts(v) if v.iter().all(|v| matches!(v, Verdict::Pass)) => continue,
                 Step::Verdicts(v) => v,
             };
+            if let (None, Direction::Produce, [section]) = (&decoded, context.direction, sections.as_slice()) {
+                match rewrite::produce(&current, section, &verdicts) {
+                    Some(Ok(bytes)) => {
+                        current = bytes;
+                        changed = true;
+                        stale = true;
+                        continue;
+                    }
+                    Some(Err(e)) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
+                    None => {}
+                }
+            }
             let d = match &mut decoded {
                 Some(d) => d,
-                None => match batches::decode(records) {
+                None => match batches::decode(&current) {
                     Ok(d) => decoded.insert(d),
                     Err(e) => return Outcome::Rejected(format!("cannot read the record batches: {e}")),
                 },
@@ -298,15 +316,17 @@ impl FilterChain {
                 Applied::Refused(why) => return Outcome::Rejected(format!("plugin '{}': {why}", filter.name())),
             }
         }
-        let Some(decoded) = decoded.filter(|_| changed) else {
+        if !changed {
             return Outcome::Unchanged;
-        };
-        match decoded.encode(context.direction) {
-            Ok(bytes) => {
-                telemetry::plugin_changed(context.direction == Direction::Produce);
-                Outcome::Changed(bytes)
-            }
-            Err(e) => Outcome::Rejected(format!("cannot write the filtered records: {e}")),
         }
+        let bytes = match decoded {
+            Some(d) => match d.encode(context.direction) {
+                Ok(bytes) => bytes,
+                Err(e) => return Outcome::Rejected(format!("cannot write the filtered records: {e}")),
+            },
+            None => current,
+        };
+        telemetry::plugin_changed(context.direction == Direction::Produce);
+        Outcome::Changed(bytes)
     }
 }

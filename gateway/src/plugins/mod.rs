@@ -12,6 +12,7 @@ pub mod acl;
 pub mod batches;
 pub mod cache;
 pub mod filter;
+pub mod rewrite;
 pub mod router;
 pub mod sandbox;
 
