@@ -7,7 +7,6 @@ reaches the broker with its bytes."""
 
 import socket
 import struct
-import time
 
 import pytest
 
@@ -34,37 +33,87 @@ def reserved(gw: Gateway) -> float:
     return gw.metrics().get(RESERVED, 0.0)
 
 
-def start_a_request(gw: Gateway) -> socket.socket:
-    """A Produce v9 frame declaring DECLARED bytes, of which SENT are sent."""
-    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+def metadata_frame(size: int, correlation_id: int) -> bytes:
+    """A Metadata v0 request for every topic, padded to `size` bytes after
+    its length prefix (the body's reader stops at its last field)."""
     client_id = b"trickle"
-    header = struct.pack(">hhih", 0, 9, 1, len(client_id)) + client_id + b"\x00"
-    s.sendall(struct.pack(">i", DECLARED) + header + b"\x00" * (SENT - len(header)))
-    return s
+    body = struct.pack(">hhih", 3, 0, correlation_id, len(client_id)) + client_id + struct.pack(">i", 0)
+    return struct.pack(">i", size) + body + b"\x00" * (size - len(body))
 
 
-def test_a_request_still_arriving_holds_its_declared_size_until_its_client_goes(backend):
+def start_a_request(gw: Gateway, declared: int = DECLARED) -> tuple[socket.socket, bytes]:
+    """A frame declaring `declared` bytes, of which SENT are sent; the rest is returned."""
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    frame = metadata_frame(declared, 1)
+    s.sendall(frame[:SENT])
+    return s, frame[SENT:]
+
+
+def read_frame(s: socket.socket) -> bytes:
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = s.recv(n - len(out))
+            assert chunk, f"closed after {len(out)} of {n} bytes"
+            out += chunk
+        return out
+
+    (n,) = struct.unpack(">i", exactly(4))
+    return exactly(n)
+
+
+def vm_data_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmData:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmData")
+
+
+def test_a_request_holds_its_declared_size_until_it_has_arrived(backend):
     gw = gateway_with(backend, None)
     try:
-        s = start_a_request(gw)
+        s, rest = start_a_request(gw)
         # All of it that had not arrived when its buffer was made.
         wait_for(lambda: DECLARED + 4 - SENT <= reserved(gw) <= DECLARED + 4, 10, "the request's buffer set aside")
+        # The rest, and a second request behind it: both answered, in order,
+        # and the reservation given back while the connection stays open.
+        s.sendall(rest + metadata_frame(64, 2))
+        assert struct.unpack(">i", read_frame(s)[:4]) == (1,)
+        assert struct.unpack(">i", read_frame(s)[:4]) == (2,)
+        assert reserved(gw) == 0
+        s.close()
+    finally:
+        gw.close()
+
+
+def test_a_request_given_up_gives_its_reservation_back(backend):
+    gw = gateway_with(backend, None)
+    try:
+        s, _ = start_a_request(gw)
+        wait_for(lambda: reserved(gw) > 0, 10, "the request's buffer set aside")
         s.close()
         wait_for(lambda: reserved(gw) == 0, 10, "the reservation given back")
     finally:
         gw.close()
 
 
-def test_past_the_budget_a_declared_length_sets_nothing_aside(backend):
+def test_declared_lengths_past_a_share_of_the_budget_set_no_memory_aside(backend):
+    # 64 MiB declared on each of four connections, against a 1 MiB budget:
+    # the gateway's memory grows with what was sent, not what was declared.
     gw = gateway_with(backend, 1 << 20)
     try:
-        s = start_a_request(gw)
-        # The gateway has read what was sent: the bytes-received counter moved.
-        wait_for(lambda: gw.metrics().get("causeway_client_bytes_received_total", 0) >= SENT, 10, "the bytes read")
-        time.sleep(0.3)
+        pid = gw.process.pid()
+        before = vm_data_kib(pid)
+        received = gw.metrics().get("causeway_client_bytes_received_total", 0)
+        sockets = [start_a_request(gw, 64 << 20)[0] for _ in range(4)]
+        wait_for(lambda: gw.metrics().get("causeway_client_bytes_received_total", 0) >= received + 4 * SENT, 10,
+                 "the bytes read")
         assert reserved(gw) == 0
-        assert gw.process.alive()
-        s.close()
+        grown_mib = (vm_data_kib(pid) - before) / 1024
+        assert grown_mib < 64, f"the gateway's data grew by {grown_mib:.0f} MiB"
+        for s in sockets:
+            s.close()
     finally:
         gw.close()
 

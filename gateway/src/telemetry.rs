@@ -274,12 +274,14 @@ pub fn fetch_read_ahead(outcome: &'static str) {
     counter!(FETCH_READ_AHEAD, "outcome" => outcome).increment(1);
 }
 
-pub fn fetch_read_ahead_held(bytes: usize) {
-    gauge!(FETCH_READ_AHEAD_HELD).set(bytes as f64);
+/// A change in the bytes fetch read-ahead holds.
+pub fn fetch_read_ahead_held(delta: i64) {
+    gauge!(FETCH_READ_AHEAD_HELD).increment(delta as f64);
 }
 
-pub fn request_buffers_reserved(bytes: usize) {
-    gauge!(REQUEST_BUFFERS_RESERVED).set(bytes as f64);
+/// A change in the bytes set aside for requests still arriving.
+pub fn request_buffers_reserved(delta: i64) {
+    gauge!(REQUEST_BUFFERS_RESERVED).increment(delta as f64);
 }
 
 pub fn metadata_refreshed(cluster: &str) {

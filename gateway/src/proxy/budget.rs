@@ -10,12 +10,13 @@ use std::sync::Arc;
 pub struct Budget {
     limit: usize,
     held: AtomicUsize,
-    /// Told the bytes held after every change (a gauge).
-    report: fn(usize),
+    /// Told every change of the bytes held (a gauge's increments, so that
+    /// concurrent changes add up whatever their order).
+    report: fn(i64),
 }
 
 impl Budget {
-    pub fn new(limit: usize, report: fn(usize)) -> Arc<Self> {
+    pub fn new(limit: usize, report: fn(i64)) -> Arc<Self> {
         Arc::new(Self { limit, held: AtomicUsize::new(0), report })
     }
 
@@ -26,8 +27,16 @@ impl Budget {
                 held.checked_add(n).filter(|total| *total <= self.limit)
             })
             .ok()?;
-        (self.report)(self.held());
+        (self.report)(i64::try_from(n).unwrap_or(i64::MAX));
         Some(Held { budget: self.clone(), n })
+    }
+
+    /// `n` bytes, if they are at most `1/parts` of the budget and left.
+    pub fn take_share(self: &Arc<Self>, n: usize, parts: usize) -> Option<Held> {
+        if n > self.limit / parts.max(1) {
+            return None;
+        }
+        self.take(n)
     }
 
     /// Bytes held now.
@@ -46,7 +55,7 @@ pub struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.n, Ordering::AcqRel);
-        (self.budget.report)(self.budget.held());
+        (self.budget.report)(-i64::try_from(self.n).unwrap_or(i64::MAX));
     }
 }
 
@@ -67,5 +76,14 @@ mod tests {
         assert!(budget.take(usize::MAX).is_none(), "no overflow");
         drop(b);
         assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_share_is_at_most_its_part_of_the_budget() {
+        let budget = Budget::new(160, |_| {});
+        assert!(budget.take_share(11, 16).is_none(), "160 / 16 = 10");
+        let a = budget.take_share(10, 16);
+        assert!(a.is_some());
+        assert_eq!(budget.held(), 10);
     }
 }

@@ -198,8 +198,9 @@ where
         let room = open && answers.len() < gateway.max_in_flight;
         if room {
             if let Some(need) = codec::pending_frame_len(&buf, gateway.max_frame) {
-                let need = if gateway.sasl.is_some() && !login.authenticated(Instant::now()) {
-                    need.min(PRE_LOGIN_MAX_FRAME)
+                let before_login = gateway.sasl.is_some() && !login.authenticated(Instant::now());
+                let need = if before_login {
+                    need.min(PRE_LOGIN_MAX_FRAME + codec::LENGTH_PREFIX)
                 } else {
                     need
                 };
@@ -207,11 +208,21 @@ where
                 // has room: growing it as it fills would copy what came so far
                 // at every step (a 1 MB produce about twice over). Otherwise grow
                 // with what the client has actually sent (at most doubling), so
-                // a declared length alone never sets memory aside.
+                // a declared length alone never sets memory aside. No client
+                // takes more than a sixteenth of the budget, and one that has
+                // yet to log in takes none.
                 let missing = need.saturating_sub(buf.len());
                 let step = buf.capacity().max(64 * 1024);
-                if missing > step && reserved.is_none() {
-                    reserved = gateway.request_buffer_budget.take(missing);
+                if missing > step && reserved.is_none() && !before_login {
+                    reserved = gateway.request_buffer_budget.take_share(missing, 16);
+                    if reserved.is_some() {
+                        // A buffer of exactly the frame, holding what came so
+                        // far: reserving on the old one could allocate up to
+                        // twice as much and copy frames already split off.
+                        let mut whole = BytesMut::with_capacity(need);
+                        whole.extend_from_slice(&buf);
+                        buf = whole;
+                    }
                 }
                 buf.reserve(if reserved.is_some() { missing } else { missing.min(step) });
             } else if buf.capacity() - buf.len() < 4096 {
