@@ -274,8 +274,9 @@ impl Decoded {
     }
 
     /// The (non-control) records as the record-filter world carries them, for
-    /// the next filter of a chain after one changed them.
-    pub fn sections(&self) -> anyhow::Result<Vec<Section>> {
+    /// the next filter of a chain after one changed them, refused past `limit`
+    /// bytes as the chain's first reading is.
+    pub fn sections(&self, limit: usize) -> anyhow::Result<Vec<Section>> {
         let mut buf = BytesMut::new();
         let data: Vec<&Record> = self.records.iter().filter(|r| !r.control).collect();
         if data.is_empty() {
@@ -286,7 +287,7 @@ impl Decoded {
             compression: Compression::None,
         };
         RecordBatchEncoder::encode(&mut buf, data, &options)?;
-        sections(&buf.freeze(), Direction::Produce, MAX_RECORD_BYTES)
+        sections(&buf.freeze(), Direction::Produce, limit)
     }
 
     /// Applies one verdict per (non-control) record.

@@ -269,7 +269,7 @@ impl FilterChain {
         for filter in applying {
             if stale {
                 let fresh = match &decoded {
-                    Some(d) => d.sections(),
+                    Some(d) => d.sections(limit),
                     None => batches::sections(&current, context.direction, limit),
                 };
                 sections = match fresh {

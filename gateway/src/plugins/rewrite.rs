@@ -7,10 +7,14 @@
 //! allocated, which is most of what the general path
 //! ([`super::batches::Decoded`]) costs.
 //!
-//! Anything else returns `None` and goes the general way: several batches, a
-//! control batch, `replace` or `fan-out` verdicts, a drop in a batch with a
-//! producer id (refused there, with the reason), every record dropped, or
-//! records that do not parse.
+//! Every record is read to its end first, as the general path's decoder
+//! would (lengths, header keys in UTF-8, nothing left over), and the batch's
+//! CRC is checked before a new one is written: a batch damaged on its way is
+//! never stamped valid. Anything else returns `None` and goes the general way
+//! (which refuses what is broken, with the reason): several batches, a control
+//! batch, `replace` or `fan-out` verdicts, a drop in a batch with a producer id,
+//! every record dropped, a CRC that does not match, or records that do not
+//! parse.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
@@ -40,6 +44,10 @@ pub fn produce(batch: &[u8], section: &Section, verdicts: &[Verdict]) -> Option<
         }
     }
     if (dropped > 0 && h.producer_id >= 0) || dropped == verdicts.len() {
+        return None;
+    }
+    let stored = u32::from_be_bytes(batch.get(b::CRC_AT..b::CRC_AT + 4)?.try_into().ok()?);
+    if stored != crc32c::crc32c(batch.get(b::ATTRIBUTES_AT..)?) {
         return None;
     }
     let records = records(&section.records, verdicts)?;
@@ -72,16 +80,13 @@ fn records(mut rest: &[u8], verdicts: &[Verdict]) -> Option<Kept> {
         let (timestamp_delta, tn) = varint(after)?;
         let (offset_delta, on) = varint(after.get(tn..)?)?;
         let fields = after.get(tn + on..)?;
+        let parsed = fields_of(fields)?;
         max_timestamp_delta = max_timestamp_delta.max(zigzag(timestamp_delta));
         let timestamp = &after[..tn];
         match verdict {
             Verdict::ReplaceValue(value) => {
-                let (key_len, kn) = varint(fields)?;
-                let key_end = kn.checked_add(bytes_of(zigzag(key_len))?)?;
-                let key = fields.get(..key_end)?;
-                let (value_len, vn) = varint(fields.get(key_end..)?)?;
-                let value_end = key_end.checked_add(vn)?.checked_add(bytes_of(zigzag(value_len))?)?;
-                let headers = fields.get(value_end..)?;
+                let key = fields.get(..parsed.key_end)?;
+                let headers = fields.get(parsed.value_end..)?;
                 let value_len = value.as_ref().map_or(-1, |v| v.len() as i64);
                 let body_len = 1
                     + timestamp.len()
@@ -159,6 +164,38 @@ fn batch_of(original: &[u8], h: &b::BatchHeader, kept: Kept) -> anyhow::Result<B
     Ok(out.freeze())
 }
 
+/// Where a record's key and value end within its fields (key length, key,
+/// value length, value, headers).
+struct Fields {
+    key_end: usize,
+    value_end: usize,
+}
+
+/// Reads a record's fields to their end: `None` unless every length fits,
+/// header keys are UTF-8 and nothing is left over.
+fn fields_of(fields: &[u8]) -> Option<Fields> {
+    // The end of a length-prefixed key or value starting at `at`.
+    let sized = |at: usize| -> Option<usize> {
+        let (len, n) = varint(fields.get(at..)?)?;
+        let end = at.checked_add(n)?.checked_add(bytes_of(zigzag(len))?)?;
+        (end <= fields.len()).then_some(end)
+    };
+    let key_end = sized(0)?;
+    let value_end = sized(key_end)?;
+    let (count, n) = varint(fields.get(value_end..)?)?;
+    let count = usize::try_from(zigzag(count)).ok()?;
+    let mut at = value_end + n;
+    for _ in 0..count {
+        let (key_len, kn) = varint(fields.get(at..)?)?;
+        let key_len = usize::try_from(zigzag(key_len)).ok()?;
+        let key_at = at.checked_add(kn)?;
+        let key_end = key_at.checked_add(key_len)?;
+        std::str::from_utf8(fields.get(key_at..key_end)?).ok()?;
+        at = sized(key_end)?;
+    }
+    (at == fields.len()).then_some(Fields { key_end, value_end })
+}
+
 /// The bytes a key or value of declared length `len` takes: -1 is none.
 fn bytes_of(len: i64) -> Option<usize> {
     match len {
@@ -214,7 +251,7 @@ mod tests {
     }
 
     /// What a client sends: offsets and sequences from 0, one producer.
-    fn records(parts: &[Part], producer: i64) -> Vec<Record> {
+    fn records(parts: &[Part], producer: i64, transactional: bool) -> Vec<Record> {
         parts
             .iter()
             .enumerate()
@@ -227,6 +264,8 @@ mod tests {
                 r.producer_id = producer;
                 r.producer_epoch = if producer >= 0 { 3 } else { -1 };
                 r.sequence = if producer >= 0 { 40 + i as i32 } else { i as i32 - 1 };
+                r.transactional = transactional && producer >= 0;
+                r.partition_leader_epoch = 5;
                 r
             })
             .collect()
@@ -275,9 +314,10 @@ mod tests {
             verdicts in proptest::collection::vec(verdict(), 12),
             codec in 0usize..5,
             producer in prop_oneof![Just(-1i64), Just(7i64)],
+            transactional in any::<bool>(),
         ) {
             let compression = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd][codec];
-            let input = records(&parts, producer);
+            let input = records(&parts, producer, transactional);
             let bytes = batch(&input, compression);
             let verdicts = &verdicts[..input.len()];
             let sections = batches::sections(&bytes, Direction::Produce, batches::MAX_RECORD_BYTES).expect("sections");
@@ -297,7 +337,7 @@ mod tests {
             let again = batches::decode(&rewritten).expect("the rewritten batch decodes");
             let got: Vec<_> = again.records().iter().map(seen).collect();
             let want: Vec<_> = general.records().iter().map(seen).collect();
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want);
             // One batch, compressed as it came, with a correct CRC.
             let headers: Vec<_> = b::headers(&rewritten).collect();
             prop_assert_eq!(headers.len(), 1);
@@ -309,19 +349,43 @@ mod tests {
             );
             let max = again.records().iter().map(|r| r.timestamp).max().expect("a record");
             prop_assert_eq!(i64::from_be_bytes(rewritten[b::MAX_TIMESTAMP_AT..b::MAX_TIMESTAMP_AT + 8].try_into().expect("8 bytes")), max);
+            // What the decoder does not look at but the broker does: the count
+            // and last offset delta, and the fields kept from the original
+            // (base offset, leader epoch, magic, attributes, producer id,
+            // epoch and base sequence).
+            let kept = want.len() as i32;
+            prop_assert_eq!(headers[0].record_count, kept);
+            prop_assert_eq!(headers[0].last_offset_delta, kept - 1);
+            for range in [0..8, b::LEADER_EPOCH_AT..b::CRC_AT, b::ATTRIBUTES_AT..b::LAST_OFFSET_DELTA_AT, b::PRODUCER_ID_AT..b::RECORD_COUNT_AT] {
+                prop_assert_eq!(&rewritten[range.clone()], &bytes[range]);
+            }
+            // The records themselves, read strictly to the last byte.
+            let written = &batches::sections(&rewritten, Direction::Produce, batches::MAX_RECORD_BYTES).expect("sections")[0];
+            let mut rest = &written.records[..];
+            for i in 0..kept {
+                let (len, n) = varint(rest).expect("length");
+                let len = usize::try_from(zigzag(len)).expect("a length");
+                let body = &rest[n..n + len];
+                let (_, tn) = varint(&body[1..]).expect("timestamp delta");
+                let (delta, on) = varint(&body[1 + tn..]).expect("offset delta");
+                prop_assert_eq!(zigzag(delta), i64::from(i));
+                prop_assert!(fields_of(&body[1 + tn + on..]).is_some());
+                rest = &rest[n + len..];
+            }
+            prop_assert!(rest.is_empty());
         }
     }
 
     #[test]
     fn what_it_leaves_to_the_general_path() {
-        let input = records(&[(None, Some(b"a".to_vec()), Vec::new(), 0), (None, Some(b"b".to_vec()), Vec::new(), 1)], 7);
+        let input = records(&[(None, Some(b"a".to_vec()), Vec::new(), 0), (None, Some(b"b".to_vec()), Vec::new(), 1)], 7, false);
         let bytes = batch(&input, Compression::None);
         let sections = batches::sections(&bytes, Direction::Produce, batches::MAX_RECORD_BYTES).expect("sections");
         let s = &sections[0];
         // A drop with a producer id, every record dropped, a replace, a fan-out,
         // the wrong number of verdicts, two batches.
         assert!(produce(&bytes, s, &[Verdict::Drop, Verdict::Pass]).is_none());
-        let anonymous = batch(&records(&[(None, None, Vec::new(), 0)], -1), Compression::None);
+        let anonymous = batch(&records(&[(None, None, Vec::new(), 0)], -1, false), Compression::None);
         let one = batches::sections(&anonymous, Direction::Produce, batches::MAX_RECORD_BYTES).expect("sections");
         assert!(produce(&anonymous, &one[0], &[Verdict::Drop]).is_none());
         assert!(produce(&bytes, s, &[Verdict::FanOut(Vec::new()), Verdict::Pass]).is_none());
@@ -332,5 +396,33 @@ mod tests {
         // Records that do not parse as the header says.
         let cut = Section { records: s.records.slice(..s.records.len() - 1), ..s.clone() };
         assert!(produce(&bytes, &cut, &[Verdict::Pass, Verdict::ReplaceValue(None)]).is_none());
+        // A batch damaged on its way (a value's byte changed, the CRC left):
+        // never stamped with a new, valid CRC.
+        let fine = produce(&bytes, s, &[Verdict::Pass, Verdict::ReplaceValue(None)]);
+        assert!(matches!(fine, Some(Ok(_))));
+        let mut damaged = BytesMut::from(&bytes[..]);
+        // The last record ends with its value "b" and a header count of 0.
+        let b_at = damaged.len() - 2;
+        assert_eq!(damaged[b_at], b'b');
+        damaged[b_at] = b'B';
+        let damaged = damaged.freeze();
+        let sections = batches::sections(&damaged, Direction::Produce, batches::MAX_RECORD_BYTES).expect("sections");
+        assert!(produce(&damaged, &sections[0], &[Verdict::Pass, Verdict::ReplaceValue(None)]).is_none());
+    }
+
+    #[test]
+    fn records_are_read_to_their_end() {
+        // key "k", value "v", one header "h" = "x"
+        let good = [2, b'k', 2, b'v', 2, 2, b'h', 2, b'x'];
+        let f = fields_of(&good).expect("a whole record");
+        assert_eq!((f.key_end, f.value_end), (2, 4));
+        // A byte left over, a header key that is not UTF-8, a value longer
+        // than the record, a length below -1.
+        assert!(fields_of(&[2, b'k', 2, b'v', 0, 0]).is_none());
+        assert!(fields_of(&[1, 1, 2, 2, 0xff, 1]).is_none());
+        assert!(fields_of(&[1, 40, b'v', 0]).is_none());
+        assert!(fields_of(&[3, 1, 0]).is_none());
+        // Null key and value, no headers.
+        assert!(fields_of(&[1, 1, 0]).is_some());
     }
 }
