@@ -65,6 +65,11 @@ pub fn varint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// Decodes a zigzag-encoded signed value, as record fields carry them.
+pub fn zigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
 /// The control type in the key of the first record of a control batch.
 fn control_type(records: &[u8]) -> Option<i16> {
     let (_, mut at) = varint(records)?; // record length

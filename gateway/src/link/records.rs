@@ -346,11 +346,6 @@ pub fn is_filler(batch: &[u8], h: &BatchHeader) -> bool {
     first_key(batch.get(b::HEADER..).unwrap_or_default()) == Some(FILLER_KEY)
 }
 
-/// Decodes a zigzag varint.
-fn zigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
 /// The key of the first record in uncompressed `records`.
 fn first_key(records: &[u8]) -> Option<&[u8]> {
     let (_, mut at) = b::varint(records)?; // length
@@ -361,7 +356,7 @@ fn first_key(records: &[u8]) -> Option<&[u8]> {
     }
     let (len, n) = b::varint(records.get(at..)?)?;
     at += n;
-    let len = usize::try_from(zigzag(len)).ok()?;
+    let len = usize::try_from(b::zigzag(len)).ok()?;
     records.get(at..at.checked_add(len)?)
 }
 

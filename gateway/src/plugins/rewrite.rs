@@ -21,7 +21,7 @@ use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
 use super::batches::Section;
 use super::filter::Verdict;
-use crate::codec::batches::{self as b, varint};
+use crate::codec::batches::{self as b, varint, zigzag};
 
 /// The produce partition `batch` (one v2 batch, whose records as filters read
 /// them are `section`) with one verdict per record applied, or `None` when the
@@ -83,40 +83,22 @@ fn records(mut rest: &[u8], verdicts: &[Verdict]) -> Option<Kept> {
         let parsed = fields_of(fields)?;
         max_timestamp_delta = max_timestamp_delta.max(zigzag(timestamp_delta));
         let timestamp = &after[..tn];
+        let offset_delta_now = Varint::of(i64::from(count));
         match verdict {
             Verdict::ReplaceValue(value) => {
-                let key = fields.get(..parsed.key_end)?;
-                let headers = fields.get(parsed.value_end..)?;
-                let value_len = value.as_ref().map_or(-1, |v| v.len() as i64);
-                let body_len = 1
-                    + timestamp.len()
-                    + varint_len(zigzag_of(i64::from(count)))
-                    + key.len()
-                    + varint_len(zigzag_of(value_len))
-                    + value.as_ref().map_or(0, Vec::len)
-                    + headers.len();
-                put_varint(&mut out, zigzag_of(body_len as i64));
-                out.put_u8(attributes);
-                out.put_slice(timestamp);
-                put_varint(&mut out, zigzag_of(i64::from(count)));
-                out.put_slice(key);
-                put_varint(&mut out, zigzag_of(value_len));
-                if let Some(v) = value {
-                    out.put_slice(v);
-                }
-                out.put_slice(headers);
+                let value_len = Varint::of(value.as_ref().map_or(-1, |v| v.len() as i64));
+                let parts = [
+                    fields.get(..parsed.key_end)?,
+                    value_len.bytes(),
+                    value.as_deref().unwrap_or_default(),
+                    fields.get(parsed.value_end..)?,
+                ];
+                put_record(&mut out, attributes, timestamp, &offset_delta_now, &parts);
             }
             // Kept as it is while its offset delta is still right (no record
             // before it was dropped).
             _ if zigzag(offset_delta) == i64::from(count) => out.put_slice(whole),
-            _ => {
-                let body_len = 1 + timestamp.len() + varint_len(zigzag_of(i64::from(count))) + fields.len();
-                put_varint(&mut out, zigzag_of(body_len as i64));
-                out.put_u8(attributes);
-                out.put_slice(timestamp);
-                put_varint(&mut out, zigzag_of(i64::from(count)));
-                out.put_slice(fields);
-            }
+            _ => put_record(&mut out, attributes, timestamp, &offset_delta_now, &[fields]),
         }
         count += 1;
     }
@@ -204,29 +186,42 @@ fn bytes_of(len: i64) -> Option<usize> {
     }
 }
 
-fn zigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-fn zigzag_of(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
+/// Writes a record: its length (that of what follows), `attributes`, the
+/// timestamp delta's bytes as they were, `offset_delta`, then `parts`.
+fn put_record(out: &mut BytesMut, attributes: u8, timestamp: &[u8], offset_delta: &Varint, parts: &[&[u8]]) {
+    let body = 1 + timestamp.len() + offset_delta.bytes().len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    out.put_slice(Varint::of(body as i64).bytes());
+    out.put_u8(attributes);
+    out.put_slice(timestamp);
+    out.put_slice(offset_delta.bytes());
+    for part in parts {
+        out.put_slice(part);
     }
-    n
 }
 
-fn put_varint(out: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
+/// A signed value as a record field carries it: zigzag, then 7 bits a byte.
+struct Varint {
+    buf: [u8; 10],
+    len: usize,
+}
+
+impl Varint {
+    fn of(v: i64) -> Self {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        let mut out = Varint { buf: [0; 10], len: 0 };
+        while z >= 0x80 {
+            out.buf[out.len] = (z as u8) | 0x80;
+            out.len += 1;
+            z >>= 7;
+        }
+        out.buf[out.len] = z as u8;
+        out.len += 1;
+        out
     }
-    out.put_u8(v as u8);
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +403,16 @@ mod tests {
         let damaged = damaged.freeze();
         let sections = batches::sections(&damaged, Direction::Produce, batches::MAX_RECORD_BYTES).expect("sections");
         assert!(produce(&damaged, &sections[0], &[Verdict::Pass, Verdict::ReplaceValue(None)]).is_none());
+    }
+
+    #[test]
+    fn varints_read_back_as_written() {
+        for v in [0, -1, 1, 63, -64, 64, 300, -301, i64::from(i32::MAX), i64::MAX, i64::MIN] {
+            let w = Varint::of(v);
+            assert_eq!(varint(w.bytes()).map(|(u, n)| (zigzag(u), n)), Some((v, w.bytes().len())), "{v}");
+        }
+        assert_eq!(Varint::of(-1).bytes(), [1]);
+        assert_eq!(Varint::of(64).bytes(), [0x80, 1]);
     }
 
     #[test]
