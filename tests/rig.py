@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -276,6 +277,23 @@ def node_modules() -> Path:
 
 
 # --- several clusters behind one gateway ---------------------------------------------------
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    """`n` bytes from `s`; ConnectionError if it closes first."""
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(out)} of {n} bytes")
+        out += chunk
+    return out
+
+
+def read_frame(s: socket.socket) -> bytes:
+    """One Kafka frame from `s`, without its length prefix."""
+    (n,) = struct.unpack(">i", recv_exactly(s, 4))
+    return recv_exactly(s, n)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from clients import consume_confluent, produce_confluent, records
+from rig import read_frame
 
 
 def connect(gateway):
@@ -22,22 +23,6 @@ def request(api_key, version, correlation_id, body=b"", client_id=b"bad-input", 
         header += b"\x00"  # request header v2: no tagged fields
     payload = header + body
     return struct.pack(">i", len(payload)) + payload
-
-
-def read_frame(s):
-    head = recv_exactly(s, 4)
-    (n,) = struct.unpack(">i", head)
-    return recv_exactly(s, n)
-
-
-def recv_exactly(s, n):
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(out)} of {n} bytes")
-        out += chunk
-    return out
 
 
 def assert_closed(s, within=5.0):

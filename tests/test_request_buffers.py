@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from clients import consume_confluent, produce_confluent
-from rig import Gateway, wait_for
+from rig import Gateway, read_frame, wait_for
 
 RESERVED = "causeway_request_buffer_bytes_reserved"
 DECLARED = 4 << 20
@@ -47,19 +47,6 @@ def start_a_request(gw: Gateway, declared: int = DECLARED) -> tuple[socket.socke
     frame = metadata_frame(declared, 1)
     s.sendall(frame[:SENT])
     return s, frame[SENT:]
-
-
-def read_frame(s: socket.socket) -> bytes:
-    def exactly(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = s.recv(n - len(out))
-            assert chunk, f"closed after {len(out)} of {n} bytes"
-            out += chunk
-        return out
-
-    (n,) = struct.unpack(">i", exactly(4))
-    return exactly(n)
 
 
 def vm_data_kib(pid: int) -> int:

@@ -25,7 +25,9 @@ import pytest
 import netns
 from clients import consume_kafka_python, produce_confluent, read_partition, read_partitions, records
 from netns import CLOUD_HOST_SIDE_IP, CLOUD_IP, ONPREM_IP
-from rig import Process, admin_call, causeway_bin, causeway_check, kcat, make_ca, make_cert, tansu_bin, wait_for
+from rig import (
+    Process, admin_call, causeway_bin, causeway_check, kcat, make_ca, make_cert, read_frame, tansu_bin, wait_for,
+)
 
 ONPREM_BROKER = f"{ONPREM_IP}:19092"
 CLOUD_BROKER = f"{CLOUD_HOST_SIDE_IP}:29092"
@@ -422,17 +424,7 @@ def fetch_frame(topic: str, partition: int, offset: int, max_wait_ms: int) -> by
 
 def fetch_answer(s: socket.socket) -> tuple[int, int, bytes]:
     """(error code, base offset of the first batch or -1, record bytes) of a Fetch v4 answer."""
-    def exactly(n):
-        out = b""
-        while len(out) < n:
-            chunk = s.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError(f"closed after {len(out)} of {n} bytes")
-            out += chunk
-        return out
-
-    (size,) = struct.unpack(">i", exactly(4))
-    frame = exactly(size)
+    frame = read_frame(s)
     at = 4 + 4 + 4  # correlation id, throttle time, topic count
     (n,) = struct.unpack_from(">h", frame, at)
     at += 2 + n + 4  # topic name, partition count
