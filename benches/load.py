@@ -29,6 +29,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from rig import Gateway, Process, Tansu, free_port, plugin_component, tansu_bin, wait_for_port  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -54,6 +56,12 @@ class TansuProxy:
 
     def close(self):
         self.process.close()
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Runs every thread of `pid` on `cpu` only (threads started later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
 
 
 def create_topic(addr: str, name: str, partitions: int) -> None:
@@ -167,7 +175,12 @@ def main():
     ap.add_argument("--out", type=Path)
     ap.add_argument("--no-plugin", action="store_true",
                     help="skip the targets with plugins (they need scripts/build-plugins.sh)")
+    ap.add_argument("--pin", action="store_true",
+                    help="run the client and the brokers on CPU 0 and every proxy on CPU 1, as a deployed "
+                         "gateway has CPUs of its own (default: all share every CPU)")
     args = ap.parse_args()
+    if args.pin and (os.cpu_count() or 1) < 2:
+        ap.error("--pin needs at least 2 CPUs")
 
     broker = Tansu()
     gateway = Gateway([broker.addr], extra_env={"CAUSEWAY_LOG": "warn"})
@@ -175,10 +188,18 @@ def main():
     proxy = TansuProxy(broker.addr)
     # name -> (address, proxy pid, client id, backend topic prefix)
     targets = {
-        "direct": (broker.addr, None, "rdkafka", ""),
-        "causeway": (gateway.addr, gateway.process.pid(), "rdkafka", ""),
-        "tansu proxy": (proxy.addr, proxy.process.pid(), "rdkafka", ""),
+        "direct": (broker.addr, None, "rdkafka", "", broker),
+        "causeway": (gateway.addr, gateway.process.pid(), "rdkafka", "", broker),
+        "tansu proxy": (proxy.addr, proxy.process.pid(), "rdkafka", "", broker),
     }
+    # The ceiling for any proxy on this machine: a relay that splices bytes
+    # between sockets in the kernel and parses nothing, in front of a second
+    # broker (same binary, same settings) that advertises the relay.
+    relay_port = free_port()
+    relayed = Tansu("relayed", advertised=f"127.0.0.1:{relay_port}")
+    relay = Process("relay", [sys.executable, str(HERE / "relay.py"), str(relay_port), str(relayed.port)])
+    wait_for_port(relay_port, process=relay)
+    targets["kernel relay"] = (f"127.0.0.1:{relay_port}", relay.pid(), "rdkafka", "", relayed)
     # The same gateway authorizing every request against 100 ACL rules, the
     # one that allows the bench last, as a real rule set would have it.
     rules = "".join(
@@ -195,7 +216,7 @@ def main():
     )
     authorized = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
     authorized.wait_ready()
-    targets["causeway + 100 ACL rules"] = (authorized.addr, authorized.process.pid(), "rdkafka", "")
+    targets["causeway + 100 ACL rules"] = (authorized.addr, authorized.process.pid(), "rdkafka", "", broker)
     # The same gateway without fetch read-ahead: what asking for a consumer's
     # next fetch early is worth, in the same rounds.
     config = (
@@ -204,7 +225,7 @@ def main():
     )
     no_read_ahead = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
     no_read_ahead.wait_ready()
-    targets["causeway without read-ahead"] = (no_read_ahead.addr, no_read_ahead.process.pid(), "rdkafka", "")
+    targets["causeway without read-ahead"] = (no_read_ahead.addr, no_read_ahead.process.pid(), "rdkafka", "", broker)
     filtered = routed = None
     if not args.no_plugin:
         # The same gateway with the pass-through record filter on every produce
@@ -217,7 +238,7 @@ def main():
         )
         filtered = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
         filtered.wait_ready()
-        targets["causeway + pass-through plugin"] = (filtered.addr, filtered.process.pid(), "rdkafka", "")
+        targets["causeway + pass-through plugin"] = (filtered.addr, filtered.process.pid(), "rdkafka", "", broker)
         # The same gateway with the tenant router: every topic of client
         # "tenant-bench" lives under "bench." on the backend, so every produce
         # and fetch is renamed both ways (answers cached, as in use).
@@ -230,28 +251,34 @@ def main():
         )
         routed = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
         routed.wait_ready()
-        targets["causeway + tenant router"] = (routed.addr, routed.process.pid(), "tenant-bench", "bench.")
+        targets["causeway + tenant router"] = (routed.addr, routed.process.pid(), "tenant-bench", "bench.", broker)
+    if args.pin:
+        pin(os.getpid(), 0)
+        for _, pid, _, _, home in targets.values():
+            pin(home.process.pid(), 0)
+            if pid:
+                pin(pid, 1)
     results = {name: [] for name in targets}
     try:
         for rnd in range(args.rounds):
-            for name, (addr, pid, client_id, prefix) in targets.items():
+            for name, (addr, pid, client_id, prefix, home) in targets.items():
                 # Only what Kafka allows in a topic name ("+" is not).
                 topic = f"bench-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{rnd}"
-                create_topic(broker.addr, prefix + topic, args.partitions)
+                create_topic(home.addr, prefix + topic, args.partitions)
                 c0 = cpu_seconds(pid) if pid else 0.0
-                b0, me0 = cpu_seconds(broker.process.pid()), cpu_seconds(os.getpid())
+                b0, me0 = cpu_seconds(home.process.pid()), cpu_seconds(os.getpid())
                 pmb, pel = produce_throughput(addr, topic, args.count, args.size, args.partitions, client_id)
                 cmb, cel = consume_throughput(addr, topic, args.count, args.size, args.partitions, client_id,
                                               args.partition_fetch_bytes)
                 cpu = (cpu_seconds(pid) - c0) if pid else 0.0
-                broker_cores = (cpu_seconds(broker.process.pid()) - b0) / (pel + cel)
+                broker_cores = (cpu_seconds(home.process.pid()) - b0) / (pel + cel)
                 client_cores = (cpu_seconds(os.getpid()) - me0) / (pel + cel)
                 ltopic = topic + "-lat"
-                create_topic(broker.addr, prefix + ltopic, 1)
+                create_topic(home.addr, prefix + ltopic, 1)
                 lat = produce_latency(addr, ltopic, args.rate, args.seconds, args.size, client_id)
                 # Keep the broker's in-memory log small between rounds.
-                delete_topic(broker.addr, prefix + topic)
-                delete_topic(broker.addr, prefix + ltopic)
+                delete_topic(home.addr, prefix + topic)
+                delete_topic(home.addr, prefix + ltopic)
                 moved_mb = 2 * args.count * args.size / 1e6
                 results[name].append({
                     "produce_mbs": pmb,
@@ -271,6 +298,8 @@ def main():
         for extra in (filtered, routed, authorized, no_read_ahead):
             if extra is not None:
                 extra.close()
+        relay.close()
+        relayed.close()
         broker.close()
 
     def ratio(name, key):
@@ -287,7 +316,9 @@ def main():
         f"Workload: {args.count} records of {args.size} B over {args.partitions} partitions, "
         f"acks=all, no compression; consumer max.partition.fetch.bytes {args.partition_fetch_bytes}; latency at {args.rate} records/s for {args.seconds:g} s, linger 0. "
         f"Median of {args.rounds} interleaved rounds; ratios are medians of same-round pairs. Client: librdkafka (confluent-kafka). "
-        f"Machine: {os.cpu_count()} cores, broker, proxy and client on the same host.",
+        f"Machine: {os.cpu_count()} cores, broker, proxy and client on the same host"
+        + (", the client and the brokers on CPU 0, each proxy on CPU 1." if args.pin else ", sharing every CPU.")
+        + " The kernel relay fronts a second broker of the same build and settings.",
         "",
         "| target | produce MB/s | consume MB/s | produce vs direct | consume vs direct | p50 ms | p99 ms | p99 added ms | proxy millicores per MB/s | proxy / broker / client cores |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the load benchmark: direct to tansu, through Causeway, through Causeway
-# with the pass-through plugin and through tansu proxy, in one run, for small and
-# for large records; then two clusters behind one Causeway against one client per
+# with the pass-through plugin, through tansu proxy and through a kernel relay, in
+# one run, for small and for large records, and for small ones again with each
+# proxy on a CPU of its own; then two clusters behind one Causeway against one client per
 # cluster; then the per-record cost of record filters, WebAssembly against
 # native. Writes benches/results/latest.md.
 set -euo pipefail
@@ -23,6 +24,8 @@ mkdir -p "$(dirname "$out")"
   echo
 } >"$out"
 "$root/.tools/venv/bin/python" benches/load.py --size 1024 --count 150000 --out "$out" "$@"
+printf '## 1 KiB records, each proxy on a CPU of its own\n\n' >>"$out"
+"$root/.tools/venv/bin/python" benches/load.py --size 1024 --count 150000 --pin --out "$out" "$@"
 printf '## 16 KiB records\n\n' >>"$out"
 "$root/.tools/venv/bin/python" benches/load.py --size 16384 --count 12000 --out "$out" "$@"
 printf '## Two clusters\n\n' >>"$out"

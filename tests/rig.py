@@ -125,13 +125,15 @@ class Process:
 class Tansu:
     """One tansu process: a single-broker Kafka cluster with in-memory storage."""
 
-    def __init__(self, cluster_id: str = "backend", port: int | None = None):
+    def __init__(self, cluster_id: str = "backend", port: int | None = None, advertised: str | None = None):
+        """`advertised`: the host:port clients are told to use, when something
+        else (a relay) listens there for the broker."""
         if port is not None:
-            self._launch(cluster_id, port)
+            self._launch(cluster_id, port, advertised)
         else:
-            start_listening(lambda: self._launch(cluster_id, free_port()))
+            start_listening(lambda: self._launch(cluster_id, free_port(), advertised))
 
-    def _launch(self, cluster_id: str, port: int) -> None:
+    def _launch(self, cluster_id: str, port: int, advertised: str | None) -> None:
         self.port = port
         self.addr = f"127.0.0.1:{self.port}"
         url = f"tcp://{self.addr}"
@@ -145,7 +147,7 @@ class Tansu:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{advertised}" if advertised else url,
                 "--storage-engine",
                 "memory://tansu/",
             ],
