@@ -1,7 +1,10 @@
 """Connection limits and the idle timeout, with raw sockets and librdkafka: a
 connection over max_connections_per_ip or max_connections is closed at once
 and counted, a closed connection frees its place, an idle connection is
-closed after idle_timeout_ms, and clients that keep talking are not."""
+closed after idle_timeout_ms, and clients that keep talking are not. And
+worker_threads: how many threads serve connections."""
+
+import os
 
 import socket
 import time
@@ -111,8 +114,40 @@ def test_idle_connections_are_closed_and_busy_ones_are_not(broker):
 
 def test_limit_mistakes_are_reported_by_check():
     r = causeway_check('[gateway]\nlisten = "127.0.0.1:0"\nmax_connections = 0\nmax_connections_per_ip = 0\n'
-                       'idle_timeout_ms = 10\n[clusters.main]\nbootstrap = ["127.0.0.1:9"]\n')
+                       'idle_timeout_ms = 10\nworker_threads = 0\n[clusters.main]\nbootstrap = ["127.0.0.1:9"]\n')
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
-    for field in ("gateway.max_connections:", "gateway.max_connections_per_ip", "gateway.idle_timeout_ms"):
+    for field in ("gateway.max_connections:", "gateway.max_connections_per_ip", "gateway.idle_timeout_ms",
+                  "gateway.worker_threads: 0 is outside 1..=1024"):
         assert field in out, out
+
+
+def worker_threads(pid: int) -> int:
+    """Threads of `pid` that tokio's runtime runs connections on (as `ps -L` names them)."""
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    return names.count("tokio-rt-worker")
+
+
+def test_worker_threads_sets_the_threads_serving_connections(broker):
+    broker.create_topic("limits.workers", 1)
+    default = limited_gateway(broker, "")
+    one = limited_gateway(broker, "worker_threads = 1")
+    three = limited_gateway(broker, "worker_threads = 3")
+    try:
+        assert worker_threads(default.process.pid()) == len(os.sched_getaffinity(default.process.pid()))
+        assert worker_threads(one.process.pid()) == 1
+        assert worker_threads(three.process.pid()) == 3
+        # One thread still serves producers and consumers on several connections.
+        producers = [Producer({"bootstrap.servers": one.addr, "linger.ms": 0}) for _ in range(3)]
+        for i in range(30):
+            producers[i % 3].produce("limits.workers", value=str(i).encode(), partition=0)
+        for p in producers:
+            assert p.flush(10) == 0
+        got = sorted(int(v) for _, _, v, _ in read_partition(one.addr, "limits.workers", 0))
+        assert got == list(range(30))
+    finally:
+        for gw in (default, one, three):
+            gw.close()

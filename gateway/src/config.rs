@@ -88,6 +88,10 @@ pub struct GatewayConfig {
     /// SASL authentication of clients; none when absent.
     #[serde(default)]
     pub sasl: Option<crate::sasl::SaslConfig>,
+    /// Threads serving connections; when absent, one per CPU the process may
+    /// run on. Fewer suit a host whose CPUs other busy processes share.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// The admin HTTP endpoint: metrics, health, routes and plugins.
@@ -191,6 +195,9 @@ fn default_read_ahead_max_bytes() -> u64 {
 fn default_request_buffer_max_bytes() -> u64 {
     256 << 20
 }
+/// Most threads `gateway.worker_threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
 fn default_max_in_flight() -> usize {
     256
 }
@@ -334,6 +341,7 @@ impl Config {
                 idle_timeout_ms: default_idle_timeout(),
                 tls: None,
                 sasl: None,
+                worker_threads: None,
             },
             admin: AdminConfig { listen: admin, ..AdminConfig::default() },
             clusters,
@@ -449,6 +457,14 @@ impl Config {
         }
         if self.gateway.max_connections_per_ip == Some(0) {
             problem("gateway.max_connections_per_ip", "is 0: no client could connect; remove it for no limit".into());
+        }
+        if let Some(n) = self.gateway.worker_threads {
+            if n == 0 || n > MAX_WORKER_THREADS {
+                problem(
+                    "gateway.worker_threads",
+                    format!("{n} is outside 1..={MAX_WORKER_THREADS}; leave it out for one per CPU"),
+                );
+            }
         }
         if self.gateway.idle_timeout_ms < 1000 {
             problem(
