@@ -58,12 +58,6 @@ class TansuProxy:
         self.process.close()
 
 
-def pin(pid: int, cpu: int) -> None:
-    """Runs every thread of `pid` on `cpu` only (threads started later inherit it)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), {cpu})
-
-
 def create_topic(addr: str, name: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": addr})
     admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
@@ -182,7 +176,16 @@ def main():
     if args.pin and (os.cpu_count() or 1) < 2:
         ap.error("--pin needs at least 2 CPUs")
 
+    def place(cpu):
+        """With --pin, the processes started next, and the client's threads
+        when called last, run on `cpu` only (children inherit the mask, so a
+        proxy sizes its thread pool to the one CPU it has, as under a cpuset)."""
+        if args.pin:
+            os.sched_setaffinity(0, {cpu})
+
+    place(0)
     broker = Tansu()
+    place(1)
     gateway = Gateway([broker.addr], extra_env={"CAUSEWAY_LOG": "warn"})
     gateway.wait_ready()
     proxy = TansuProxy(broker.addr)
@@ -196,7 +199,9 @@ def main():
     # between sockets in the kernel and parses nothing, in front of a second
     # broker (same binary, same settings) that advertises the relay.
     relay_port = free_port()
+    place(0)
     relayed = Tansu("relayed", advertised=f"127.0.0.1:{relay_port}")
+    place(1)
     relay = Process("relay", [sys.executable, str(HERE / "relay.py"), str(relay_port), str(relayed.port)])
     wait_for_port(relay_port, process=relay)
     targets["kernel relay"] = (f"127.0.0.1:{relay_port}", relay.pid(), "rdkafka", "", relayed)
@@ -252,12 +257,16 @@ def main():
         routed = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
         routed.wait_ready()
         targets["causeway + tenant router"] = (routed.addr, routed.process.pid(), "tenant-bench", "bench.", broker)
-    if args.pin:
-        pin(os.getpid(), 0)
-        for _, pid, _, _, home in targets.values():
-            pin(home.process.pid(), 0)
-            if pid:
-                pin(pid, 1)
+    # The same gateway serving connections on one thread instead of one per
+    # CPU (`gateway.worker_threads`).
+    config = (
+        '[gateway]\nlisten = "{listen}"\nworker_threads = 1\n[admin]\nlisten = "{admin}"\n'
+        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
+    )
+    one_worker = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
+    one_worker.wait_ready()
+    targets["causeway, 1 worker thread"] = (one_worker.addr, one_worker.process.pid(), "rdkafka", "", broker)
+    place(0)
     results = {name: [] for name in targets}
     try:
         for rnd in range(args.rounds):
@@ -295,7 +304,7 @@ def main():
     finally:
         proxy.close()
         gateway.close()
-        for extra in (filtered, routed, authorized, no_read_ahead):
+        for extra in (filtered, routed, authorized, no_read_ahead, one_worker):
             if extra is not None:
                 extra.close()
         relay.close()
@@ -360,6 +369,13 @@ def main():
         "",
         f"Fetch read-ahead: Causeway against the same gateway with `fetch_read_ahead = false` (same rounds): "
         f"consume {100 / against_causeway(name, 'consume_mbs'):.0f}%, produce {100 / against_causeway(name, 'produce_mbs'):.0f}%.",
+    ]
+    name = "causeway, 1 worker thread"
+    lines += [
+        "",
+        f"One worker thread (`gateway.worker_threads = 1`) against one per CPU (same rounds): "
+        f"produce {100 * against_causeway(name, 'produce_mbs'):.0f}%, "
+        f"consume {100 * against_causeway(name, 'consume_mbs'):.0f}%.",
     ]
     name = "causeway + 100 ACL rules"
     lines += [
