@@ -26,6 +26,10 @@ pub struct BatchHeader {
 
 /// Bytes of a v2 batch header, from the base offset to the record count.
 pub const HEADER: usize = 61;
+/// Where the batch length is: the bytes after the base offset and itself.
+pub const LENGTH_AT: usize = 8;
+/// Bytes before those the batch length counts (base offset and length).
+pub const LOG_OVERHEAD: usize = 12;
 const MAGIC_AT: usize = 16;
 pub const LEADER_EPOCH_AT: usize = 12;
 pub const ATTRIBUTES_AT: usize = 21;
@@ -91,7 +95,7 @@ pub fn cut_short(rest: &[u8]) -> bool {
         return true;
     }
     rest.get(MAGIC_AT) == Some(&2)
-        && i32_at(rest, 8).is_some_and(|length| i64::from(length).saturating_add(12) > rest.len() as i64)
+        && i32_at(rest, LENGTH_AT).is_some_and(|length| i64::from(length).saturating_add(LOG_OVERHEAD as i64) > rest.len() as i64)
 }
 
 /// Iterates over the whole v2 batches at the front of `records`.
@@ -102,8 +106,8 @@ pub fn headers(records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
         if rest.len() < HEADER || rest.get(MAGIC_AT).copied() != Some(2) {
             return None;
         }
-        let length = usize::try_from(i32_at(rest, 8)?).ok()?;
-        let size = length.checked_add(12)?;
+        let length = usize::try_from(i32_at(rest, LENGTH_AT)?).ok()?;
+        let size = length.checked_add(LOG_OVERHEAD)?;
         let batch = rest.get(..size)?;
         if size < HEADER {
             return None;
@@ -190,7 +194,7 @@ mod tests {
     fn batch(base: i64, pid: i64, attributes: i16, records: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&base.to_be_bytes());
-        b.extend_from_slice(&((HEADER - 12 + records.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&((HEADER - LOG_OVERHEAD + records.len()) as i32).to_be_bytes());
         b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
         b.push(2); // magic
         b.extend_from_slice(&0u32.to_be_bytes()); // crc (not checked here)

@@ -403,7 +403,7 @@ fn marker(out: &mut BytesMut, base: i64, filler: &[u8]) -> Option<()> {
     const RECORD: [u8; 17] = [32, 0, 0, 0, 8, 0, 0, 0, 1, 12, 0, 0, 0, 0, 0, 0, 0];
     let start = out.len();
     out.put_i64(base);
-    out.put_i32((b::HEADER - 12 + RECORD.len()) as i32);
+    out.put_i32((b::HEADER - b::LOG_OVERHEAD + RECORD.len()) as i32);
     out.put_slice(filler.get(b::LEADER_EPOCH_AT..b::LEADER_EPOCH_AT + 4)?);
     out.put_u8(2);
     out.put_u32(0); // CRC, below

@@ -139,8 +139,8 @@ fn batch_of(original: &[u8], h: &b::BatchHeader, kept: Kept) -> anyhow::Result<B
         4 => Zstd::compress(&mut out, copy)?,
         other => anyhow::bail!("unknown compression {other}"),
     }
-    let length = i32::try_from(out.len() - 12).map_err(|_| anyhow::anyhow!("a batch over 2 GiB"))?;
-    set_i32(&mut out, 8, length);
+    let length = i32::try_from(out.len() - b::LOG_OVERHEAD).map_err(|_| anyhow::anyhow!("a batch over 2 GiB"))?;
+    set_i32(&mut out, b::LENGTH_AT, length);
     let crc = crc32c::crc32c(&out[b::ATTRIBUTES_AT..]);
     out[b::CRC_AT..b::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(out.freeze())
