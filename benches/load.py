@@ -205,6 +205,20 @@ def main():
     relay = Process("relay", [sys.executable, str(HERE / "relay.py"), str(relay_port), str(relayed.port)])
     wait_for_port(relay_port, process=relay)
     targets["kernel relay"] = (f"127.0.0.1:{relay_port}", relay.pid(), "rdkafka", "", relayed)
+    variants = []
+
+    def variant(name, gateway="", rest="", client_id="rdkafka", prefix=""):
+        """Another Causeway in front of the broker, as target `name`: `gateway`
+        goes into its [gateway] table, `rest` after its cluster."""
+        config = (
+            f'[gateway]\nlisten = "{{listen}}"\n{gateway}[admin]\nlisten = "{{admin}}"\n'
+            f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n' + rest
+        )
+        gw = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
+        variants.append(gw)
+        gw.wait_ready()
+        targets[name] = (gw.addr, gw.process.pid(), client_id, prefix, broker)
+
     # The same gateway authorizing every request against 100 ACL rules, the
     # one that allows the bench last, as a real rule set would have it.
     rules = "".join(
@@ -215,57 +229,28 @@ def main():
     rules += ('[[acls]]\nprincipal = "User:*"\nresource = "group"\noperations = ["read"]\n'
               '[[acls]]\nprincipal = "User:*"\nresource = "topic"\nname = "bench-"\npattern = "prefixed"\n'
               'operations = ["read", "write"]\n')
-    config = (
-        '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
-        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n[authorization]\n' + rules
-    )
-    authorized = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
-    authorized.wait_ready()
-    targets["causeway + 100 ACL rules"] = (authorized.addr, authorized.process.pid(), "rdkafka", "", broker)
+    variant("causeway + 100 ACL rules", rest="[authorization]\n" + rules)
     # The same gateway without fetch read-ahead: what asking for a consumer's
     # next fetch early is worth, in the same rounds.
-    config = (
-        '[gateway]\nlisten = "{listen}"\nfetch_read_ahead = false\n[admin]\nlisten = "{admin}"\n'
-        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
-    )
-    no_read_ahead = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
-    no_read_ahead.wait_ready()
-    targets["causeway without read-ahead"] = (no_read_ahead.addr, no_read_ahead.process.pid(), "rdkafka", "", broker)
-    filtered = routed = None
+    variant("causeway without read-ahead", gateway="fetch_read_ahead = false\n")
     if not args.no_plugin:
         # The same gateway with the pass-through record filter on every produce
         # and every fetch: the cost of the plugin machinery on the whole path.
-        config = (
-            '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
-            f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
+        variant("causeway + pass-through plugin", rest=(
             '[[plugins]]\nname = "passthrough"\nkind = "record-filter"\n'
             f'path = "{plugin_component("passthrough")}"\non = ["produce", "fetch"]\n'
-        )
-        filtered = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
-        filtered.wait_ready()
-        targets["causeway + pass-through plugin"] = (filtered.addr, filtered.process.pid(), "rdkafka", "", broker)
+        ))
         # The same gateway with the tenant router: every topic of client
         # "tenant-bench" lives under "bench." on the backend, so every produce
         # and fetch is renamed both ways (answers cached, as in use).
-        config = (
-            '[gateway]\nlisten = "{listen}"\n[admin]\nlisten = "{admin}"\n'
-            f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
+        variant("causeway + tenant router", client_id="tenant-bench", prefix="bench.", rest=(
             '[[plugins]]\nname = "tenants"\nkind = "router"\n'
             f'path = "{plugin_component("tenant-router")}"\n'
             'config = \'{{"cluster": "main", "match": "client-id"}}\'\n'
-        )
-        routed = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
-        routed.wait_ready()
-        targets["causeway + tenant router"] = (routed.addr, routed.process.pid(), "tenant-bench", "bench.", broker)
+        ))
     # The same gateway serving connections on one thread instead of one per
     # CPU (`gateway.worker_threads`).
-    config = (
-        '[gateway]\nlisten = "{listen}"\nworker_threads = 1\n[admin]\nlisten = "{admin}"\n'
-        f'[clusters.main]\nbootstrap = ["{broker.addr}"]\n'
-    )
-    one_worker = Gateway(config=config, extra_env={"CAUSEWAY_LOG": "warn"})
-    one_worker.wait_ready()
-    targets["causeway, 1 worker thread"] = (one_worker.addr, one_worker.process.pid(), "rdkafka", "", broker)
+    variant("causeway, 1 worker thread", gateway="worker_threads = 1\n")
     place(0)
     results = {name: [] for name in targets}
     try:
@@ -304,9 +289,8 @@ def main():
     finally:
         proxy.close()
         gateway.close()
-        for extra in (filtered, routed, authorized, no_read_ahead, one_worker):
-            if extra is not None:
-                extra.close()
+        for extra in variants:
+            extra.close()
         relay.close()
         relayed.close()
         broker.close()

@@ -5,7 +5,6 @@ closed after idle_timeout_ms, and clients that keep talking are not. And
 worker_threads: how many threads serve connections."""
 
 import os
-
 import socket
 import time
 
