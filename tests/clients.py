@@ -97,7 +97,9 @@ def produce_kafka_python(addr, topic, recs, codec="none", partition=0):
     p.close()
 
 
-def consume_kafka_python(addr, topic, partition, count, timeout=30.0):
+def consume_kafka_python(addr, topic, partition, count, timeout=30.0, timestamps=False):
+    """The first `count` records of a partition as (offset, key, value, headers),
+    with each record's timestamp last if `timestamps`."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=addr, enable_auto_commit=False, group_id=None)
@@ -109,7 +111,8 @@ def consume_kafka_python(addr, topic, partition, count, timeout=30.0):
     while len(out) < count and time.monotonic() < deadline:
         for batch in c.poll(timeout_ms=500).values():
             for m in batch:
-                out.append((m.offset, m.key, m.value, [(k, v) for k, v in m.headers]))
+                record = (m.offset, m.key, m.value, [(k, v) for k, v in m.headers])
+                out.append(record + (m.timestamp,) if timestamps else record)
     c.close()
     return out
 

@@ -1,8 +1,9 @@
 """WebAssembly record filters in the gateway, with real components built from
 plugins/ (scripts/build-plugins.sh) and real clients: PII masked before it reaches
 the backend, batches rejected with the plugin's message, fetch answers filtered,
-plugins that loop, eat memory or panic contained, and a plugin swapped while a
-producer stays connected."""
+plugins that loop, eat memory or panic contained, a plugin swapped while a
+producer stays connected, and the other verdicts: an array fanned out into one
+record per element, records replaced with stamped headers."""
 
 import json
 import shutil
@@ -12,7 +13,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from clients import read_partition
+from clients import consume_kafka_python, read_partition
 from rig import Gateway, Tansu, plugin_component, wait_for
 
 MASK_CONFIG = json.dumps({"fields": ["email", "ssn"], "mask": "***"})
@@ -374,5 +375,101 @@ def test_a_produce_whose_records_are_all_dropped_is_answered_by_the_gateway(brok
         m = gw.metrics()
         assert m['causeway_plugin_records_total{plugin="validate",verdict="dropped"}'] == 2
         assert m['causeway_plugin_records_total{plugin="validate",verdict="passed"}'] == 2
+    finally:
+        gw.close()
+
+
+T0 = 1_700_000_000_000
+
+
+def test_an_array_is_fanned_out_into_one_record_per_element(broker):
+    """split answers fan-out: each element of a JSON array becomes a record of
+    its own with the original's key, headers and timestamp, in order; an empty
+    array removes its record. Written with librdkafka (lz4), read back through
+    the gateway with kafka-python."""
+    broker.create_topic("events.split", 1)
+    gw = gateway_with(broker, [{
+        "name": "split", "kind": "record-filter", "path": plugin_component("split"),
+        "config": json.dumps({"part_header": "part"}), "topics": "events.*", "on": ["produce"],
+    }])
+    try:
+        values = [b'[{"n": 1}, {"n": 2}, 3]', b"not an array", b"[]", b'["last"]']
+        p = Producer({"bootstrap.servers": gw.addr, "linger.ms": 50, "compression.type": "lz4",
+                      "enable.idempotence": False, "message.timeout.ms": 10000})
+        errors = []
+        for i, v in enumerate(values):
+            p.produce("events.split", value=v, key=b"k", partition=0, headers=[("h", b"v")], timestamp=T0 + i,
+                      on_delivery=lambda e, m: errors.append(e))
+        assert p.flush(20) == 0
+        assert errors == [None] * 4
+        got = consume_kafka_python(gw.addr, "events.split", 0, 5, timestamps=True)
+        h = ("h", b"v")
+        assert got == [
+            (0, b"k", b'{"n": 1}', [h, ("part", b"1/3")], T0),
+            (1, b"k", b'{"n": 2}', [h, ("part", b"2/3")], T0),
+            (2, b"k", b"3", [h, ("part", b"3/3")], T0),
+            (3, b"k", b"not an array", [h], T0 + 1),
+            (4, b"k", b'"last"', [h, ("part", b"1/1")], T0 + 3),
+        ]
+        assert len(read_partition(broker.addr, "events.split", 0)) == 5, "nothing else reached the backend"
+        m = gw.metrics()
+        assert m['causeway_plugin_records_total{plugin="split",verdict="fanned_out"}'] == 2
+        assert m['causeway_plugin_records_total{plugin="split",verdict="dropped"}'] == 1
+        assert m['causeway_plugin_records_total{plugin="split",verdict="passed"}'] == 1
+        assert m['causeway_plugin_counter_total{plugin="split",name="parts_written"}'] == 4
+    finally:
+        gw.close()
+
+
+def test_an_idempotent_producers_array_is_refused_rather_than_split(broker):
+    """The broker checks an idempotent producer's sequence numbers, which count
+    records: an array of one element may be replaced by it, a longer one gets
+    POLICY_VIOLATION and never lands."""
+    broker.create_topic("events.exact", 1)
+    gw = gateway_with(broker, [{
+        "name": "split", "kind": "record-filter", "path": plugin_component("split"),
+        "config": "", "topics": "events.*", "on": ["produce"],
+    }])
+    try:
+        assert deliver(gw.addr, "events.exact", [b'["one"]'], **{"enable.idempotence": True}) == [None]
+        errors = deliver(gw.addr, "events.exact", [b'["a", "b"]'], **{"enable.idempotence": True})
+        assert errors[0] is not None and errors[0].code() == KafkaError.POLICY_VIOLATION, errors
+        assert [v for _, _, v, _ in read_partition(broker.addr, "events.exact", 0)] == [b'"one"']
+        assert gw.metrics()['causeway_plugin_rejected_batches_total{plugin="split"}'] >= 1
+    finally:
+        gw.close()
+
+
+def test_records_are_stamped_with_their_producer_and_forged_stamps_dropped(broker):
+    """stamp answers replace (new headers, everything else kept): an idempotent
+    zstd producer's two rounds land in order with the gateway's stamps, and the
+    header the client forged is gone."""
+    broker.create_topic("audit.stamped", 1)
+    gw = gateway_with(broker, [{
+        "name": "stamp", "kind": "record-filter", "path": plugin_component("stamp"),
+        "config": json.dumps({"principal": "produced-by", "client_id": "produced-by-client"}),
+        "topics": "audit.*", "on": ["produce"],
+    }])
+    try:
+        p = Producer({"bootstrap.servers": gw.addr, "client.id": "billing", "linger.ms": 20,
+                      "compression.type": "zstd", "enable.idempotence": True, "message.timeout.ms": 10000})
+        errors = []
+        for round_ in range(2):
+            for i in range(round_ * 20, round_ * 20 + 20):
+                p.produce("audit.stamped", value=f"v{i}".encode(), key=f"k{i}".encode(), partition=0,
+                          headers=[("produced-by", b"User:admin"), ("trace", str(i).encode())],
+                          timestamp=T0 + i, on_delivery=lambda e, m: errors.append(e))
+            assert p.flush(20) == 0
+        assert errors == [None] * 40
+        got = consume_kafka_python(gw.addr, "audit.stamped", 0, 40, timestamps=True)
+        assert got == [
+            (i, f"k{i}".encode(), f"v{i}".encode(),
+             [("trace", str(i).encode()), ("produced-by", b"User:ANONYMOUS"), ("produced-by-client", b"billing")],
+             T0 + i)
+            for i in range(40)
+        ]
+        m = gw.metrics()
+        assert m['causeway_plugin_records_total{plugin="stamp",verdict="changed"}'] == 40
+        assert m['causeway_plugin_counter_total{plugin="stamp",name="forged_headers_removed"}'] == 40
     finally:
         gw.close()

@@ -313,7 +313,11 @@ impl FilterChain {
                     changed = true;
                     stale = true;
                 }
-                Applied::Refused(why) => return Outcome::Rejected(format!("plugin '{}': {why}", filter.name())),
+                Applied::Refused(why) => {
+                    // The plugin's answer, not the records, is what is refused.
+                    telemetry::plugin_rejected(filter.name());
+                    return Outcome::Rejected(format!("plugin '{}': {why}", filter.name()));
+                }
             }
         }
         if !changed {
