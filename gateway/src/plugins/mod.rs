@@ -21,7 +21,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+pub use wasmtime::Engine;
+use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::Problem;
 
@@ -174,6 +175,17 @@ pub fn validate(plugins: &[PluginConfig], clusters: &[String]) -> Vec<Problem> {
 
 /// The engine all plugins share, with the epoch clock that enforces deadlines.
 pub fn engine(max_memory_mb: u32) -> anyhow::Result<Engine> {
+    build_engine(max_memory_mb, true)
+}
+
+/// The same engine with no CPU deadline: compiled code without the deadline's
+/// checks, to measure what they cost (`benches/plugin-cost`). The gateway
+/// never runs plugins this way: a plugin that loops would never return.
+pub fn engine_without_deadline(max_memory_mb: u32) -> anyhow::Result<Engine> {
+    build_engine(max_memory_mb, false)
+}
+
+fn build_engine(max_memory_mb: u32, deadline: bool) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(256)
         .total_core_instances(512)
@@ -183,7 +195,7 @@ pub fn engine(max_memory_mb: u32) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
-        .epoch_interruption(true)
+        .epoch_interruption(deadline)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     // For plugin authors: `perf` then names each plugin function (see the
     // plugin guide, "Profiling").
@@ -203,6 +215,9 @@ pub fn engine(max_memory_mb: u32) -> anyhow::Result<Engine> {
         }
     }
     let engine = Engine::new(&config)?;
+    if !deadline {
+        return Ok(engine);
+    }
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("plugin-clock".into())
