@@ -54,16 +54,17 @@ pub struct Split {
 
 impl RecordFilter for Split {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = if config.trim().is_empty() {
-            Config {
-                part_header: None,
-                max_parts: default_max_parts(),
-            }
+        // No config at all reads as `{}`: every key takes its default.
+        let text = if config.trim().is_empty() {
+            "{}"
         } else {
-            serde_json::from_str(config).map_err(|e| {
-                format!(r#"split config: {e} (expected {{"part_header": "split-part", "max_parts": 1000}})"#)
-            })?
+            config
         };
+        let config: Config = serde_json::from_str(text).map_err(|e| {
+            format!(
+                r#"split config: {e} (expected {{"part_header": "split-part", "max_parts": 1000}})"#
+            )
+        })?;
         if config.max_parts == 0 {
             return Err("split config: max_parts must be at least 1".into());
         }
